@@ -1,0 +1,273 @@
+package main
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/upstream"
+)
+
+// config is everything the flags (or WS2API_* variables) decide.
+type config struct {
+	listen  string
+	api     string
+	control string
+
+	cpuProfile, memProfile string
+
+	maxConnsPerHost     int
+	maxIdleConnsPerHost int
+	timeout             time.Duration
+
+	maxMessage  byteSize
+	maxPending  byteSize
+	maxOutgoing byteSize
+	maxHeader   byteSize
+
+	handshakeTimeout time.Duration
+	drainTimeout     time.Duration
+	forwardHeaders   string
+
+	retryFirst  time.Duration
+	retryMax    time.Duration
+	retryGiveUp time.Duration
+
+	logLevel  slog.Level
+	logFormat string
+}
+
+// errUsage marks a command-line error: exit code 2.
+type errUsage struct{ err error }
+
+func (e errUsage) Error() string { return e.err.Error() }
+func (e errUsage) Unwrap() error { return e.err }
+
+// flagGroups orders `ws2api -h`.
+var flagGroups = []struct {
+	title string
+	names []string
+}{
+	{"Listeners", []string{"listen", "control", "api"}},
+	{"Requests to the API", []string{"max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
+	{"Limits per client", []string{"max-message-size", "max-pending", "max-outgoing", "max-header-size", "handshake-timeout"}},
+	{"Running", []string{"drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
+}
+
+func newFlagSet(cfg *config) *flag.FlagSet {
+	fs := flag.NewFlagSet("ws2api", flag.ContinueOnError)
+	// Errors are reported by the caller in one line; the usage text is
+	// printed for -h only.
+	fs.SetOutput(io.Discard)
+	fs.StringVar(&cfg.listen, "listen", ":7001", "public listener `address`: WebSocket upgrades at /<id>")
+	fs.StringVar(&cfg.api, "api", "http://localhost:8000/", "API base `URL`; the client id is appended (GET/POST/DELETE <url><id>)")
+	fs.StringVar(&cfg.control, "control", "127.0.0.1:7002", "control listener `address`: push, info, kick, broadcast, /metrics, /healthz, /debug/pprof/ (never make it public)")
+	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file`")
+	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile at exit to `file`")
+	fs.IntVar(&cfg.maxConnsPerHost, "max-conns-per-host", 256, "most connections open to the API; requests beyond wait in a queue")
+	fs.IntVar(&cfg.maxIdleConnsPerHost, "max-idle-conns-per-host", 256, "most idle connections to the API kept for reuse")
+	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "time the API has to answer one request")
+	fs.DurationVar(&cfg.retryFirst, "retry-first", 100*time.Millisecond, "wait before the first retry of a failed request (doubles each time)")
+	fs.DurationVar(&cfg.retryMax, "retry-max", 5*time.Second, "longest wait between retries")
+	fs.DurationVar(&cfg.retryGiveUp, "retry-give-up", 5*time.Minute, "how long a message may keep failing before its client is closed with 1013")
+	fs.StringVar(&cfg.forwardHeaders, "forward-headers", strings.Join(gateway.DefaultForwardHeaders, ","), "client handshake `headers` sent on with the connect GET (comma-separated)")
+	cfg.maxMessage, cfg.maxPending, cfg.maxOutgoing, cfg.maxHeader = 1<<20, 5<<20, 4<<20, 8<<10
+	fs.Var(&cfg.maxMessage, "max-message-size", "largest message either way; a client sending more is closed with 1009 (`bytes`, e.g. 64KiB)")
+	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API; past it the client is closed with 1013 (`bytes`)")
+	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
+	fs.Var(&cfg.maxHeader, "max-header-size", "largest upgrade request head (`bytes`)")
+	fs.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to send its upgrade request")
+	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "at shutdown, time to deliver pending messages and DELETEs before exiting")
+	cfg.logLevel = slog.LevelInfo
+	fs.Var(&logLevel{&cfg.logLevel}, "log-level", "log `level`: debug, info, warn or error")
+	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.Usage = func() { usage(fs) }
+	return fs
+}
+
+func usage(fs *flag.FlagSet) {
+	w := fs.Output()
+	fmt.Fprint(w, `ws2api: a WebSocket gateway that turns client messages into HTTP requests
+to your API, and lets the API push to any client with one HTTP POST.
+
+Usage:
+  ws2api [flags]            run the gateway
+  ws2api bench [flags]      run the load tool (ws2api bench -h)
+  ws2api version            print the version
+
+Every flag can also be set as WS2API_<FLAG> (upper case, - as _); a flag wins.
+`)
+	for _, g := range flagGroups {
+		fmt.Fprintf(w, "\n%s:\n", g.title)
+		for _, name := range g.names {
+			f := fs.Lookup(name)
+			kind, help := flag.UnquoteUsage(f)
+			fmt.Fprintf(w, "  -%s %s\n    \t%s (default %s; env %s)\n", f.Name, kind, help, defaultText(f), envName(f.Name))
+		}
+	}
+}
+
+func defaultText(f *flag.Flag) string {
+	if f.DefValue == "" {
+		return "off"
+	}
+	return strconv.Quote(f.DefValue)
+}
+
+func envName(flagName string) string {
+	return "WS2API_" + strings.ToUpper(strings.ReplaceAll(flagName, "-", "_"))
+}
+
+// parseFlags fills cfg from the environment, then from args (a flag wins
+// over its variable), and checks the values.
+func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*config, error) {
+	cfg := &config{}
+	fs := newFlagSet(cfg)
+	var envErr error
+	fs.VisitAll(func(f *flag.Flag) {
+		v := getenv(envName(f.Name))
+		if v == "" || envErr != nil {
+			return
+		}
+		if err := fs.Set(f.Name, v); err != nil {
+			envErr = fmt.Errorf("invalid value %q for %s (flag -%s): %v", v, envName(f.Name), f.Name, err)
+		}
+	})
+	if envErr != nil {
+		return nil, errUsage{envErr}
+	}
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			fs.SetOutput(stdout)
+			fs.Usage()
+			return nil, err
+		}
+		return nil, errUsage{err}
+	}
+	if fs.NArg() > 0 {
+		return nil, errUsage{fmt.Errorf("unexpected argument %q (flags start with -)", fs.Arg(0))}
+	}
+	if err := cfg.check(); err != nil {
+		return nil, errUsage{err}
+	}
+	return cfg, nil
+}
+
+func (c *config) check() error {
+	bad := func(name, why string) error { return fmt.Errorf("invalid value for flag -%s: %s", name, why) }
+	if _, err := upstream.ParseBaseURL(c.api); err != nil {
+		return bad("api", err.Error())
+	}
+	if c.listen == "" {
+		return bad("listen", "empty address")
+	}
+	if c.control == "" {
+		return bad("control", "empty address")
+	}
+	if c.maxConnsPerHost < 1 {
+		return bad("max-conns-per-host", "must be at least 1")
+	}
+	if c.maxIdleConnsPerHost < 0 {
+		return bad("max-idle-conns-per-host", "must not be negative")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{
+		{"timeout", c.timeout}, {"retry-first", c.retryFirst}, {"retry-max", c.retryMax},
+		{"retry-give-up", c.retryGiveUp}, {"handshake-timeout", c.handshakeTimeout}, {"drain-timeout", c.drainTimeout},
+	} {
+		if d.v <= 0 {
+			return bad(d.name, "must be positive")
+		}
+	}
+	if c.retryMax < c.retryFirst {
+		return bad("retry-max", "must not be below -retry-first")
+	}
+	for _, b := range []struct {
+		name string
+		v    byteSize
+	}{
+		{"max-message-size", c.maxMessage}, {"max-pending", c.maxPending},
+		{"max-outgoing", c.maxOutgoing}, {"max-header-size", c.maxHeader},
+	} {
+		if b.v <= 0 {
+			return bad(b.name, "must be positive")
+		}
+	}
+	if c.maxHeader < 256 {
+		return bad("max-header-size", "must be at least 256 bytes")
+	}
+	if c.logFormat != "text" && c.logFormat != "json" {
+		return bad("log-format", "must be text or json")
+	}
+	for h := range strings.SplitSeq(c.forwardHeaders, ",") {
+		if h = strings.TrimSpace(h); strings.HasPrefix(strings.ToLower(h), "x-ws2api-") {
+			return bad("forward-headers", h+": clients may never set X-Ws2api-* headers")
+		}
+	}
+	return nil
+}
+
+// byteSize is a flag value in bytes: a number with an optional unit (B,
+// KiB, MiB, GiB, or KB, MB, GB).
+type byteSize int64
+
+func (b *byteSize) String() string {
+	v := int64(*b)
+	for _, u := range []struct {
+		name string
+		n    int64
+	}{{"GiB", 1 << 30}, {"MiB", 1 << 20}, {"KiB", 1 << 10}} {
+		if v >= u.n && v%u.n == 0 {
+			return strconv.FormatInt(v/u.n, 10) + u.name
+		}
+	}
+	return strconv.FormatInt(v, 10)
+}
+
+func (b *byteSize) Set(s string) error {
+	units := []struct {
+		suffix string
+		n      int64
+	}{{"KiB", 1 << 10}, {"MiB", 1 << 20}, {"GiB", 1 << 30}, {"KB", 1000}, {"MB", 1000_000}, {"GB", 1000_000_000}, {"B", 1}}
+	num, mult := strings.TrimSpace(s), int64(1)
+	for _, u := range units {
+		if rest, ok := strings.CutSuffix(num, u.suffix); ok {
+			num, mult = strings.TrimSpace(rest), u.n
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 || n > (1<<62)/mult {
+		return errors.New("want a size in bytes such as 65536, 64KiB or 5MiB")
+	}
+	*b = byteSize(n * mult)
+	return nil
+}
+
+func newLogger(cfg *config, w io.Writer) *slog.Logger {
+	opts := &slog.HandlerOptions{Level: cfg.logLevel}
+	if cfg.logFormat == "json" {
+		return slog.New(slog.NewJSONHandler(w, opts))
+	}
+	return slog.New(slog.NewTextHandler(w, opts))
+}
+
+// logLevel is the -log-level flag: a slog level, written in lower case.
+type logLevel struct{ l *slog.Level }
+
+func (v *logLevel) String() string {
+	if v.l == nil {
+		return "info"
+	}
+	return strings.ToLower(v.l.String())
+}
+
+func (v *logLevel) Set(s string) error { return v.l.UnmarshalText([]byte(s)) }

@@ -1,0 +1,14 @@
+module github.com/ws2api/ws2api
+
+go 1.26.8
+
+require (
+	github.com/VictoriaMetrics/metrics v1.44.0
+	github.com/lesismal/nbio v1.6.12
+)
+
+require (
+	github.com/valyala/fastrand v1.1.0 // indirect
+	github.com/valyala/histogram v1.2.0 // indirect
+	golang.org/x/sys v0.38.0 // indirect
+)

@@ -1,0 +1,419 @@
+package gateway
+
+import (
+	"errors"
+	"net"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/upstream"
+	"github.com/ws2api/ws2api/internal/ws"
+)
+
+// connState is where a connection is in its life.
+type connState uint8
+
+const (
+	stHandshake   connState = iota // reading the upgrade request head
+	stAuthorizing                  // the connect GET is with the API
+	stOpen                         // upgraded: messages flow both ways
+	stClosing                      // ws2api sent a close frame and waits for the client's
+	stClosed                       // the socket is closed
+)
+
+// closeInfo says why a connection ended: the code and reason the API gets
+// in its DELETE, and the cause counted in ws2api_closes_total.
+type closeInfo struct {
+	code     int
+	reason   string
+	cause    string
+	noDelete bool // replaced: the API already saw the new connection's GET
+}
+
+var (
+	closeShutdown = closeInfo{code: ws.CloseGoingAway, reason: "going away", cause: metrics.CauseShutdown}
+	closeReplaced = closeInfo{code: ws.CloseReplaced, reason: "replaced", cause: metrics.CauseReplaced, noDelete: true}
+	closeBacklog  = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later", cause: metrics.CauseBacklog}
+	closeGaveUp   = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later: the API is unavailable", cause: metrics.CauseAPIGaveUp}
+)
+
+// conn is one client connection and its state machine. nbio's event loop
+// calls onData with what the socket delivered; the API's answers arrive on
+// the upstream client's goroutines; the control API calls in from its own.
+// mu orders them all.
+type conn struct {
+	s          *Server
+	nc         *nbio.Conn
+	connID     string
+	remoteAddr string
+
+	mu    sync.Mutex
+	state connState
+	in    []byte     // bytes read but not yet used: part of a head or of a frame
+	rd    ws.Reader  // joins fragmented messages
+	hs    *handshake // while the API decides
+
+	// Set at upgrade.
+	id          string
+	subprotocol string
+	apiHeader   []upstream.Header // X-Ws2api-Connection-Id and meta headers, sent on every POST and DELETE
+	connectedAt time.Time
+	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
+
+	// Toward the API: one request in flight, the rest wait in order.
+	queue        []message
+	busy         bool // a POST or the DELETE is in flight
+	pendingBytes int64
+	deleteDue    bool // the socket closed: DELETE after the queue drains
+	deleteSent   bool
+
+	end        closeInfo
+	ended      bool // end is set: the first reason wins
+	discard    bool // input is no longer read (after a protocol error or a cap)
+	closeTimer *time.Timer
+}
+
+// message is a client message waiting for, or being delivered to, the API.
+type message struct {
+	op   ws.Opcode
+	data []byte
+}
+
+func (s *Server) onOpen(nc *nbio.Conn) {
+	c := &conn{s: s, nc: nc, connID: s.newConnID(), remoteAddr: nc.RemoteAddr().String()}
+	nc.SetSession(c)
+	_ = nc.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+}
+
+func (s *Server) onData(nc *nbio.Conn, data []byte) {
+	c, _ := nc.Session().(*conn)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	switch c.state {
+	case stHandshake:
+		c.readHead(data)
+	case stAuthorizing:
+		// A client must wait for the 101; keep what it sent early, within
+		// the head limit, and parse it as frames after the upgrade.
+		if len(c.in)+len(data) > s.opts.MaxHeaderBytes {
+			c.rejectLocked(&reject{status: 400, text: "data sent before the upgrade completed"})
+			break
+		}
+		c.in = append(c.in, data...)
+	case stOpen, stClosing:
+		c.readFrames(data)
+	}
+	c.mu.Unlock()
+}
+
+// readHead collects the upgrade request head and, once complete, asks the
+// API whether to accept it.
+func (c *conn) readHead(data []byte) {
+	s := c.s
+	c.in = append(c.in, data...)
+	n := headEnd(c.in)
+	if n < 0 && len(c.in) <= s.opts.MaxHeaderBytes {
+		return
+	}
+	if n < 0 || n > s.opts.MaxHeaderBytes {
+		c.rejectLocked(&reject{status: 431, text: "request head too large"})
+		return
+	}
+	if s.draining.Load() {
+		c.rejectLocked(&reject{status: 503, text: "shutting down"})
+		return
+	}
+	hs, rej := s.parseUpgrade(c.in[:n], c.connID, hostOf(c.remoteAddr))
+	if rej != nil {
+		c.rejectLocked(rej)
+		return
+	}
+	c.in = append([]byte(nil), c.in[n:]...)
+	if len(c.in) == 0 {
+		c.in = nil
+	}
+	c.hs = hs
+	c.state = stAuthorizing
+	// The API's own timeout bounds the wait from here on.
+	_ = c.nc.SetReadDeadline(time.Time{})
+	s.apiWork.Add(1)
+	s.opts.API.Do(&upstream.Request{Method: "GET", Path: hs.id, Query: hs.query, Header: hs.header}, c.authorized)
+}
+
+// authorized receives the API's answer to the connect GET and completes or
+// refuses the upgrade.
+func (c *conn) authorized(resp *upstream.Response, err error) {
+	s := c.s
+	defer s.apiWork.Add(-1)
+	c.mu.Lock()
+	hs := c.hs
+	c.hs = nil
+	rej, protocol, meta := decide(hs, resp, err)
+	accepted := rej == nil
+	switch {
+	case accepted && c.state != stAuthorizing:
+		c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: "closed before the upgrade completed", cause: metrics.CauseNetwork})
+	case accepted && s.draining.Load():
+		rej = &reject{status: 503, text: "shutting down"}
+		c.setEnd(closeShutdown)
+	}
+	if rej != nil || c.state != stAuthorizing {
+		if c.state == stAuthorizing {
+			c.rejectLocked(rej)
+		}
+		end := c.end
+		c.mu.Unlock()
+		if accepted {
+			// The API accepted a connection that will never open: it
+			// must still hear of its end.
+			c.deleteUnborn(hs.id, meta, end)
+		}
+		return
+	}
+
+	if _, err := c.nc.Write(appendSwitching(nil, hs.key, protocol)); err != nil {
+		c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: errText(err), cause: metrics.CauseNetwork})
+		end := c.end
+		c.mu.Unlock()
+		c.deleteUnborn(hs.id, meta, end)
+		return
+	}
+	c.state = stOpen
+	c.id = hs.id
+	c.subprotocol = protocol
+	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
+	c.connectedAt = time.Now()
+	c.lastActive.Store(c.connectedAt.UnixNano())
+	old := s.reg.swap(c)
+	s.m.ConnectionsOpened.Inc()
+	s.m.Connections.Inc()
+	if early := c.in; early != nil {
+		c.in = nil
+		c.readFrames(early)
+	}
+	c.mu.Unlock()
+	if old != nil {
+		old.closeWith(closeReplaced)
+	}
+}
+
+// decide turns the API's answer to a connect GET into an upgrade (nil
+// reject, the subprotocol, the meta headers) or an answer for the client.
+func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, protocol string, meta []upstream.Header) {
+	switch {
+	case err != nil && upstream.IsTimeout(err):
+		return &reject{status: 504, text: "the API did not answer in time"}, "", nil
+	case err != nil:
+		return &reject{status: 502, text: "the API is unreachable"}, "", nil
+	case resp.Status < 200 || resp.Status > 299:
+		return &reject{status: 502, text: "the API answered " + itoa(resp.Status)}, "", nil
+	case string(resp.Body) != "ok":
+		return &reject{status: 403, text: string(resp.Body), verbatim: true}, "", nil
+	}
+	protocol = resp.Get("Sec-Websocket-Protocol")
+	if protocol != "" && !contains(hs.protocols, protocol) {
+		return &reject{status: 502, text: "the API chose subprotocol " + quote(protocol) + ", which the client did not offer"}, "", nil
+	}
+	for _, h := range resp.Header {
+		name := upstream.CanonicalName(h.Name)
+		if len(name) > len(HeaderMetaPrefix) && name[:len(HeaderMetaPrefix)] == HeaderMetaPrefix {
+			meta = append(meta, upstream.Header{Name: name, Value: h.Value})
+		}
+	}
+	return nil, protocol, meta
+}
+
+// rejectLocked answers the upgrade request with an error and closes.
+func (c *conn) rejectLocked(r *reject) {
+	c.s.m.Reject(r.status)
+	_, _ = c.nc.Write(appendReject(nil, r))
+	c.state = stClosing
+	c.discard = true
+	c.in = nil
+	_ = c.nc.Close()
+}
+
+// readFrames parses frames from what the socket delivered, after what was
+// left of the last read.
+func (c *conn) readFrames(data []byte) {
+	if c.discard {
+		return
+	}
+	buf := data
+	if len(c.in) > 0 {
+		c.in = append(c.in, data...)
+		buf = c.in
+	}
+	max := c.s.opts.MaxMessageBytes
+	for len(buf) > 0 && !c.discard {
+		m, n, err := c.rd.Next(buf, ws.Server, max)
+		if err != nil {
+			c.fail(err)
+			return
+		}
+		if n == 0 {
+			break
+		}
+		buf = buf[n:]
+		switch m.Op {
+		case ws.OpText, ws.OpBinary:
+			c.enqueue(m.Op, m.Payload)
+		case ws.OpPing:
+			if c.state == stOpen {
+				_ = c.writeFrameLocked(ws.OpPong, m.Payload)
+			}
+		case ws.OpClose:
+			c.peerClosed(m.Payload)
+			return
+		}
+	}
+	switch {
+	case c.discard || len(buf) == 0:
+		c.in = nil
+	case len(c.in) > 0: // buf is the tail of c.in
+		c.in = c.in[:copy(c.in, buf)]
+	default:
+		c.in = append([]byte(nil), buf...)
+	}
+}
+
+// peerClosed handles the client's close frame: the answer to ours, or its
+// own wish to leave, which is echoed.
+func (c *conn) peerClosed(payload []byte) {
+	code, reason, err := ws.ParseClose(payload)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	c.discard = true
+	c.in = nil
+	if c.state == stOpen {
+		c.setEnd(closeInfo{code: code, reason: reason, cause: metrics.CauseClient})
+		echo := ws.AppendClose(nil, code, "")
+		_ = c.writeFrameLocked(ws.OpClose, echo)
+		c.state = stClosing
+	}
+	_ = c.nc.Close()
+}
+
+// fail closes the connection after the client broke the protocol or a
+// limit.
+func (c *conn) fail(err error) {
+	var pe *ws.ProtocolError
+	if !errors.As(err, &pe) {
+		pe = &ws.ProtocolError{Code: ws.CloseInternalError, Reason: err.Error()}
+	}
+	cause := metrics.CauseProtocol
+	if pe.Code == ws.CloseMessageTooBig {
+		cause = metrics.CauseTooBig
+	}
+	c.closeLocked(closeInfo{code: pe.Code, reason: pe.Reason, cause: cause})
+	c.discard = true
+	c.in = nil
+}
+
+// closeWith starts the closing handshake from ws2api's side (kick,
+// shutdown, replaced). It does nothing to a connection not open.
+func (c *conn) closeWith(info closeInfo) {
+	c.mu.Lock()
+	c.closeLocked(info)
+	c.mu.Unlock()
+}
+
+func (c *conn) closeLocked(info closeInfo) {
+	if c.state != stOpen {
+		return
+	}
+	c.setEnd(info)
+	_ = c.writeFrameLocked(ws.OpClose, ws.AppendClose(nil, info.code, info.reason))
+	c.state = stClosing
+	nc := c.nc
+	c.closeTimer = time.AfterFunc(c.s.opts.CloseTimeout, func() { _ = nc.Close() })
+}
+
+func (c *conn) setEnd(info closeInfo) {
+	if !c.ended {
+		c.end, c.ended = info, true
+	}
+}
+
+func (s *Server) onClose(nc *nbio.Conn, err error) {
+	c, _ := nc.Session().(*conn)
+	if c == nil {
+		return
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state == stClosed {
+		return
+	}
+	c.state = stClosed
+	c.in = nil
+	if c.closeTimer != nil {
+		c.closeTimer.Stop()
+	}
+	if !c.ended {
+		switch {
+		case errors.Is(err, nbio.ErrOverflow):
+			c.setEnd(closeInfo{code: ws.ClosePolicyViolation, reason: "slow consumer", cause: metrics.CauseSlowConsumer})
+		case errors.Is(err, nbio.ErrReadTimeout):
+			c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: "timeout", cause: metrics.CauseTimeout})
+		default:
+			c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: errText(err), cause: metrics.CauseNetwork})
+		}
+	}
+	if c.id == "" {
+		return // never upgraded: the API knows nothing of it (or hears in authorized)
+	}
+	s.reg.remove(c)
+	s.m.ConnectionsClosed.Inc()
+	s.m.Connections.Dec()
+	s.m.Close(c.end.cause)
+	if c.end.noDelete {
+		return
+	}
+	c.deleteDue = true
+	if !c.busy {
+		c.busy = true
+		s.apiWork.Add(1)
+		c.nextLocked()
+	}
+}
+
+// errText is the DELETE body for a connection that dropped.
+func errText(err error) string {
+	switch {
+	case err == nil:
+		return "EOF"
+	case errors.Is(err, net.ErrClosed):
+		return "closed"
+	}
+	return err.Error()
+}
+
+// writeFrameLocked writes one whole frame to the client. Small frames are
+// encoded into a pooled buffer and written with one call; nbio keeps what
+// the kernel does not take.
+func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
+	if len(payload) > pooledFrameMax {
+		var hdr [ws.MaxHeaderLen]byte
+		_, err := c.nc.Writev([][]byte{ws.AppendHeader(hdr[:0], op, true, len(payload), nil), payload})
+		return err
+	}
+	bp := framePool.Get().(*[]byte)
+	b := ws.AppendFrame((*bp)[:0], op, payload, nil)
+	_, err := c.nc.Write(b)
+	*bp = b[:0]
+	framePool.Put(bp)
+	return err
+}
+
+const pooledFrameMax = 16 << 10
+
+var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}

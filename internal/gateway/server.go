@@ -1,0 +1,343 @@
+// Package gateway owns the client side of ws2api: it accepts sockets on the
+// public listener, upgrades them once the API agrees, keeps the registry of
+// connected ids, and runs each connection's small state machine.
+//
+// A message's way through, file by file:
+//
+//	server.go   accept -> nbio's event loop (no goroutine per connection)
+//	upgrade.go  request head -> GET <api><id> -> 101, or 400/403/502/504
+//	conn.go     bytes -> frames -> messages; close handshake
+//	forward.go  message -> per-connection queue -> POST -> reply frame;
+//	            close -> DELETE after the pending POSTs
+//	registry.go id -> connection, for the control API
+//	hub.go      push, info, kick, broadcast (what the control API calls)
+//
+// Event-loop callbacks never block: requests to the API are handed to an
+// [upstream.Client] and answered on its goroutines.
+package gateway
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/upstream"
+)
+
+// Options configures a [Server]. Every field but API has a default, noted
+// beside it, that New fills in.
+type Options struct {
+	// API receives the connect GETs (never retried: a client waiting for
+	// its upgrade gets an answer at once).
+	API upstream.Client
+	// Retry receives the POSTs and DELETEs. Default: API itself.
+	Retry upstream.Client
+	// Logger gets one line per event worth a person's attention. Default:
+	// slog.Default().
+	Logger *slog.Logger
+	// Metrics receives the gateway's figures. Default: a fresh set.
+	Metrics *metrics.Metrics
+
+	// MaxMessageBytes bounds one client message (joined fragments); a
+	// longer one closes the client with 1009. Default 1 MiB.
+	MaxMessageBytes int64
+	// MaxPendingBytes bounds one client's messages waiting for the API; past
+	// it the client is closed with 1013. Default 5 MiB.
+	MaxPendingBytes int64
+	// MaxOutgoingBytes bounds the bytes waiting to be written to one client
+	// (beyond what the kernel holds); a client that lets more pile up is
+	// closed as a slow consumer. Default 4 MiB.
+	MaxOutgoingBytes int
+	// MaxHeaderBytes bounds an upgrade request's head. Default 8 KiB.
+	MaxHeaderBytes int
+	// HandshakeTimeout bounds the time from accept to a complete request
+	// head. Default 10s.
+	HandshakeTimeout time.Duration
+	// CloseTimeout bounds the wait for a client's close frame after ws2api
+	// sent its own. Default 3s.
+	CloseTimeout time.Duration
+	// ForwardHeaders are the client's handshake headers sent on with the
+	// connect GET. Default Origin, Cookie, Authorization, User-Agent,
+	// Sec-WebSocket-Protocol.
+	ForwardHeaders []string
+	// Pollers is the number of event-loop goroutines. Default the number
+	// of CPUs.
+	Pollers int
+}
+
+// DefaultForwardHeaders is the default of Options.ForwardHeaders.
+var DefaultForwardHeaders = []string{"Origin", "Cookie", "Authorization", "User-Agent", "Sec-WebSocket-Protocol"}
+
+func (o Options) withDefaults() (Options, error) {
+	if o.API == nil {
+		return o, errors.New("gateway: Options.API is required")
+	}
+	if o.Retry == nil {
+		o.Retry = o.API
+	}
+	if o.Logger == nil {
+		o.Logger = slog.Default()
+	}
+	if o.Metrics == nil {
+		o.Metrics = metrics.New()
+	}
+	if o.MaxMessageBytes <= 0 {
+		o.MaxMessageBytes = 1 << 20
+	}
+	if o.MaxPendingBytes <= 0 {
+		o.MaxPendingBytes = 5 << 20
+	}
+	if o.MaxOutgoingBytes <= 0 {
+		o.MaxOutgoingBytes = 4 << 20
+	}
+	if o.MaxHeaderBytes <= 0 {
+		o.MaxHeaderBytes = 8 << 10
+	}
+	if o.HandshakeTimeout <= 0 {
+		o.HandshakeTimeout = 10 * time.Second
+	}
+	if o.CloseTimeout <= 0 {
+		o.CloseTimeout = 3 * time.Second
+	}
+	if o.ForwardHeaders == nil {
+		o.ForwardHeaders = DefaultForwardHeaders
+	}
+	fwd := make([]string, 0, len(o.ForwardHeaders))
+	for _, h := range o.ForwardHeaders {
+		h = upstream.CanonicalName(strings.TrimSpace(h))
+		if h == "" {
+			continue
+		}
+		if !validToken(h) {
+			return o, fmt.Errorf("gateway: forwarded header %q is not a valid header name", h)
+		}
+		if strings.HasPrefix(h, "X-Ws2api-") {
+			return o, fmt.Errorf("gateway: forwarded header %q: clients may never set X-Ws2api-* headers", h)
+		}
+		switch h {
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host":
+			continue // always sent, computed by ws2api
+		}
+		fwd = append(fwd, h)
+	}
+	o.ForwardHeaders = fwd
+	if o.Pollers <= 0 {
+		o.Pollers = runtime.NumCPU()
+	}
+	return o, nil
+}
+
+// Server is the public side of one ws2api node.
+type Server struct {
+	opts   Options
+	log    *slog.Logger
+	m      *metrics.Metrics
+	engine *nbio.Engine
+	reg    registry
+
+	node    string        // random per process: makes connection ids unique across restarts
+	connSeq atomic.Uint64 // last connection number handed out
+
+	draining atomic.Bool
+	apiWork  atomic.Int64 // connections with a request to the API in flight or due
+	pending  pendingGauge
+
+	mu     sync.Mutex
+	ln     net.Listener
+	accept sync.WaitGroup
+	warn   rateLimiter
+}
+
+// New checks the options and starts the event loop; [Server.Serve] then
+// feeds it connections.
+func New(opts Options) (*Server, error) {
+	opts, err := opts.withDefaults()
+	if err != nil {
+		return nil, err
+	}
+	var node [4]byte
+	_, _ = rand.Read(node[:])
+	s := &Server{
+		opts: opts,
+		log:  opts.Logger,
+		m:    opts.Metrics,
+		node: hex.EncodeToString(node[:]),
+	}
+	s.reg.init()
+	s.pending.m = s.m
+	setNBIOLogger(s.log)
+	s.engine = nbio.NewEngine(nbio.Config{
+		Name:               "ws2api",
+		NPoller:            opts.Pollers,
+		MaxWriteBufferSize: opts.MaxOutgoingBytes,
+	})
+	s.engine.OnOpen(s.onOpen)
+	s.engine.OnData(s.onData)
+	s.engine.OnClose(s.onClose)
+	if err := s.engine.Start(); err != nil {
+		return nil, fmt.Errorf("gateway: start event loop: %w", err)
+	}
+	return s, nil
+}
+
+// Serve accepts connections on ln until [Server.Shutdown] closes it. It
+// returns nil after a shutdown, or the error that stopped accepting.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.draining.Load() {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.ln = ln
+	s.accept.Add(1)
+	s.mu.Unlock()
+	defer s.accept.Done()
+
+	var backoff time.Duration
+	for {
+		c, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				if s.draining.Load() {
+					return nil
+				}
+				return err
+			}
+			// Out of file descriptors and the like: wait, do not spin.
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			s.warn.log(s.log, "accept failed", "error", err, "retry_in", backoff)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		if _, err := s.engine.AddConn(c); err != nil {
+			s.warn.log(s.log, "cannot add connection to the event loop", "error", err)
+			c.Close()
+		}
+	}
+}
+
+// Draining reports whether Shutdown has begun (for /healthz).
+func (s *Server) Draining() bool { return s.draining.Load() }
+
+// Shutdown stops accepting, closes every client with 1001 "going away", and
+// waits until the API has been sent every pending message and every DELETE,
+// or ctx ends. It then stops the event loop.
+func (s *Server) Shutdown(ctx context.Context) error {
+	s.mu.Lock()
+	s.draining.Store(true)
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.accept.Wait()
+
+	for _, c := range s.reg.all() {
+		c.closeWith(closeShutdown)
+	}
+	err := s.waitIdle(ctx)
+	s.engine.Stop()
+	return err
+}
+
+// waitIdle waits until no client is connected and no request to the API is
+// due.
+func (s *Server) waitIdle(ctx context.Context) error {
+	tick := time.NewTicker(5 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		if s.reg.count() == 0 && s.apiWork.Load() == 0 {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("gateway: drain: %d clients connected, %d with API work left: %w",
+				s.reg.count(), s.apiWork.Load(), ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// Count returns the number of connected clients.
+func (s *Server) Count() int { return s.reg.count() }
+
+// newConnID returns an id unique to one connection for its life:
+// X-Ws2api-Connection-Id.
+func (s *Server) newConnID() string {
+	n := s.connSeq.Add(1)
+	var b [32]byte
+	out := append(b[:0], s.node...)
+	out = append(out, '-')
+	out = appendBase36(out, n)
+	return string(out)
+}
+
+func appendBase36(b []byte, n uint64) []byte {
+	const digits = "0123456789abcdefghijklmnopqrstuvwxyz"
+	var tmp [13]byte
+	i := len(tmp)
+	for {
+		i--
+		tmp[i] = digits[n%36]
+		n /= 36
+		if n == 0 {
+			break
+		}
+	}
+	return append(b, tmp[i:]...)
+}
+
+// pendingGauge tracks messages and bytes waiting for the API across all
+// connections.
+type pendingGauge struct {
+	m     *metrics.Metrics
+	msgs  atomic.Int64
+	bytes atomic.Int64
+}
+
+func (p *pendingGauge) add(msgs, bytes int64) {
+	p.m.PendingMessages.Set(float64(p.msgs.Add(msgs)))
+	p.m.PendingBytes.Set(float64(p.bytes.Add(bytes)))
+}
+
+// rateLimiter keeps a repeated warning to one line a second, counting the
+// ones it held back.
+type rateLimiter struct {
+	mu         sync.Mutex
+	last       map[string]time.Time
+	suppressed map[string]int
+}
+
+func (r *rateLimiter) log(l *slog.Logger, msg string, args ...any) {
+	r.mu.Lock()
+	if r.last == nil {
+		r.last, r.suppressed = map[string]time.Time{}, map[string]int{}
+	}
+	now := time.Now()
+	if now.Sub(r.last[msg]) < time.Second {
+		r.suppressed[msg]++
+		r.mu.Unlock()
+		return
+	}
+	n := r.suppressed[msg]
+	r.last[msg], r.suppressed[msg] = now, 0
+	r.mu.Unlock()
+	if n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	l.Warn(msg, args...)
+}

@@ -1,0 +1,224 @@
+// Package metrics owns every figure ws2api exports on /metrics: the five
+// counters the original gateway's dashboards use, under their exact names,
+// and Prometheus-style ones beside them. Each metric carries HELP and TYPE
+// lines.
+package metrics
+
+import (
+	"bufio"
+	"bytes"
+	"fmt"
+	"io"
+	"strings"
+	"sync"
+	"time"
+
+	vm "github.com/VictoriaMetrics/metrics"
+)
+
+// Close causes, the label values of ws2api_closes_total.
+const (
+	CauseClient       = "client"        // the client sent a close frame
+	CauseNetwork      = "network"       // the connection dropped without one
+	CauseKick         = "kick"          // the control API closed it
+	CauseShutdown     = "shutdown"      // the gateway is stopping
+	CauseReplaced     = "replaced"      // another connection took its id
+	CauseSlowConsumer = "slow_consumer" // its outgoing queue overflowed
+	CauseTooBig       = "too_big"       // it sent a message over the size limit
+	CauseProtocol     = "protocol"      // it broke RFC 6455
+	CauseBacklog      = "backlog"       // its messages waiting for the API passed the cap
+	CauseTimeout      = "timeout"       // handshake or idle timeout
+	CauseAPIGaveUp    = "api_gave_up"   // a message could not be delivered to the API in time
+)
+
+var closeCauses = []string{
+	CauseClient, CauseNetwork, CauseKick, CauseShutdown, CauseReplaced, CauseSlowConsumer,
+	CauseTooBig, CauseProtocol, CauseBacklog, CauseTimeout, CauseAPIGaveUp,
+}
+
+// Message sources, the label values of ws2api_messages_out_total.
+const (
+	SourceReply     = "reply"
+	SourcePush      = "push"
+	SourceBroadcast = "broadcast"
+)
+
+// Metrics is one gateway's set of metrics. Create it with [New]; the zero
+// value is not usable.
+type Metrics struct {
+	set  *vm.Set
+	meta map[string]family
+
+	// The original gateway's counters. requests_* count HTTP requests to the
+	// API; started minus (succeeded plus failed) is the number in flight.
+	ConnectionsOpened *vm.Counter
+	ConnectionsClosed *vm.Counter
+	RequestsStarted   *vm.Counter
+	RequestsFailed    *vm.Counter
+	RequestsSucceeded *vm.Counter
+
+	Connections     *vm.Gauge
+	MessagesIn      *vm.Counter
+	BytesIn         *vm.Counter
+	MessagesOut     map[string]*vm.Counter // by source
+	BytesOut        *vm.Counter
+	APIRefused      *vm.Counter
+	APIRetries      *vm.Counter
+	PendingMessages *vm.Gauge
+	PendingBytes    *vm.Gauge
+	Pushes          *vm.Counter
+	PushesNotFound  *vm.Counter
+	Broadcasts      *vm.Counter
+	Closes          map[string]*vm.Counter        // by cause
+	Rejected        map[int]*vm.Counter           // handshakes answered with an error, by status
+	latency         map[string]*vm.PrometheusHistogram // API request latency by method
+
+	mu sync.Mutex
+}
+
+type family struct{ typ, help string }
+
+// New registers every metric in a fresh set.
+func New() *Metrics {
+	m := &Metrics{set: vm.NewSet(), meta: map[string]family{}}
+	m.ConnectionsOpened = m.counter("connections_opened", "WebSocket connections upgraded (the original gateway's name).")
+	m.ConnectionsClosed = m.counter("connections_closed", "Upgraded WebSocket connections closed (the original gateway's name).")
+	m.RequestsStarted = m.counter("requests_started", "HTTP requests sent to the API (the original gateway's name).")
+	m.RequestsFailed = m.counter("requests_failed", "HTTP requests to the API without a 2xx answer (the original gateway's name).")
+	m.RequestsSucceeded = m.counter("requests_succeeded", "HTTP requests to the API answered 2xx (the original gateway's name).")
+
+	m.Connections = m.gauge("ws2api_connections", "WebSocket connections open now.")
+	m.MessagesIn = m.counter("ws2api_messages_in_total", "Messages received from clients.")
+	m.BytesIn = m.counter("ws2api_message_bytes_in_total", "Payload bytes of messages received from clients.")
+	m.declare("ws2api_messages_out_total", "counter", "Messages written to clients, by source (reply, push, broadcast).")
+	m.MessagesOut = map[string]*vm.Counter{}
+	for _, s := range []string{SourceReply, SourcePush, SourceBroadcast} {
+		m.MessagesOut[s] = m.set.NewCounter(fmt.Sprintf(`ws2api_messages_out_total{source=%q}`, s))
+	}
+	m.BytesOut = m.counter("ws2api_message_bytes_out_total", "Payload bytes of messages written to clients.")
+	m.APIRefused = m.counter("ws2api_api_refused_total", "Client messages the API answered with 4xx (not retried).")
+	m.APIRetries = m.counter("ws2api_api_retries_total", "Requests to the API sent again after a failure.")
+	m.PendingMessages = m.gauge("ws2api_pending_messages", "Client messages waiting to be delivered to the API.")
+	m.PendingBytes = m.gauge("ws2api_pending_bytes", "Payload bytes of client messages waiting to be delivered to the API.")
+	m.Pushes = m.counter("ws2api_pushes_total", "Messages pushed to one client through the control API.")
+	m.PushesNotFound = m.counter("ws2api_pushes_not_found_total", "Pushes to an id that is not connected.")
+	m.Broadcasts = m.counter("ws2api_broadcasts_total", "Broadcasts through the control API.")
+
+	m.declare("ws2api_closes_total", "counter", "Client connections closed, by cause.")
+	m.Closes = map[string]*vm.Counter{}
+	for _, c := range closeCauses {
+		m.Closes[c] = m.set.NewCounter(fmt.Sprintf(`ws2api_closes_total{cause=%q}`, c))
+	}
+	m.declare("ws2api_handshakes_rejected_total", "counter", "Upgrade requests answered with an error, by HTTP status.")
+	m.Rejected = map[int]*vm.Counter{}
+	for _, s := range []int{400, 403, 404, 429, 431, 502, 503, 504} {
+		m.Rejected[s] = m.set.NewCounter(fmt.Sprintf(`ws2api_handshakes_rejected_total{status="%d"}`, s))
+	}
+	m.declare("ws2api_api_request_duration_seconds", "histogram", "Time from sending a request to the API to its full answer, by method.")
+	m.latency = map[string]*vm.PrometheusHistogram{}
+	for _, method := range []string{"GET", "POST", "DELETE"} {
+		m.latency[method] = m.set.NewPrometheusHistogramExt(
+			fmt.Sprintf(`ws2api_api_request_duration_seconds{method=%q}`, method), latencyBuckets)
+	}
+	return m
+}
+
+var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30, 60}
+
+// Started counts a request sent to the API (upstream.Observer).
+func (m *Metrics) Started(string) { m.RequestsStarted.Inc() }
+
+// Finished records a request to the API that ended (upstream.Observer).
+func (m *Metrics) Finished(method string, d time.Duration, delivered bool) {
+	if delivered {
+		m.RequestsSucceeded.Inc()
+	} else {
+		m.RequestsFailed.Inc()
+	}
+	if h := m.latency[method]; h != nil {
+		h.Update(d.Seconds())
+	}
+}
+
+// Close counts one closed client connection.
+func (m *Metrics) Close(cause string) {
+	if c := m.Closes[cause]; c != nil {
+		c.Inc()
+	}
+}
+
+// Reject counts one refused upgrade.
+func (m *Metrics) Reject(status int) {
+	if c := m.Rejected[status]; c != nil {
+		c.Inc()
+	}
+}
+
+// Gauge adds a gauge whose value f computes at scrape time.
+func (m *Metrics) Gauge(name, help string, f func() float64) {
+	m.declare(name, "gauge", help)
+	m.set.NewGauge(name, f)
+}
+
+// Counter adds a counter.
+func (m *Metrics) Counter(name, help string) *vm.Counter {
+	return m.counter(name, help)
+}
+
+func (m *Metrics) counter(name, help string) *vm.Counter {
+	m.declare(name, "counter", help)
+	return m.set.NewCounter(name)
+}
+
+func (m *Metrics) gauge(name, help string) *vm.Gauge {
+	m.declare(name, "gauge", help)
+	return m.set.NewGauge(name, nil)
+}
+
+func (m *Metrics) declare(name, typ, help string) {
+	m.mu.Lock()
+	m.meta[name] = family{typ, help}
+	m.mu.Unlock()
+}
+
+// WritePrometheus writes every metric in the Prometheus text format, each
+// family preceded by its HELP and TYPE lines.
+func (m *Metrics) WritePrometheus(w io.Writer) {
+	var buf bytes.Buffer
+	m.set.WritePrometheus(&buf)
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	bw := bufio.NewWriter(w)
+	last := ""
+	sc := bufio.NewScanner(&buf)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := sc.Text()
+		if fam := m.familyOf(line); fam != "" && fam != last {
+			f := m.meta[fam]
+			fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s %s\n", fam, f.help, fam, f.typ)
+			last = fam
+		}
+		bw.WriteString(line)
+		bw.WriteByte('\n')
+	}
+	bw.Flush()
+}
+
+func (m *Metrics) familyOf(line string) string {
+	name := line
+	if i := strings.IndexAny(line, "{ "); i >= 0 {
+		name = line[:i]
+	}
+	if _, ok := m.meta[name]; ok {
+		return name
+	}
+	for _, suffix := range []string{"_bucket", "_sum", "_count"} {
+		if base, ok := strings.CutSuffix(name, suffix); ok {
+			if f, ok := m.meta[base]; ok && f.typ == "histogram" {
+				return base
+			}
+		}
+	}
+	return ""
+}

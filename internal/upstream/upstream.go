@@ -1,0 +1,134 @@
+// Package upstream owns the API side of ws2api: the requests the gateway
+// makes (GET at connect, POST per message, DELETE at close), the HTTP client
+// that sends them, how failures are classified, and the retry policy that
+// makes an API restart lose nothing.
+//
+// The gateway never blocks on the API: [Client.Do] queues a request and
+// returns at once, and the answer arrives through a callback on one of the
+// client's own goroutines.
+package upstream
+
+import (
+	"context"
+	"errors"
+	"net"
+	"net/textproto"
+	"strings"
+	"time"
+)
+
+// Header is one request or response header. Requests carry a short list of
+// them rather than an http.Header map, so that building one is cheap.
+type Header struct {
+	Name, Value string
+}
+
+// Request is one request to the API.
+type Request struct {
+	Method string // GET, POST or DELETE
+	// Path is appended to the API's base URL: the client's id as it
+	// appeared in its URL (already escaped).
+	Path string
+	// Query is the raw query string without '?', sent on GET only.
+	Query       string
+	Header      []Header
+	ContentType string
+	Body        []byte
+}
+
+// Response is the API's answer.
+type Response struct {
+	Status int
+	Header []Header
+	Body   []byte
+	// Truncated is set when the body was longer than the client keeps:
+	// Body is then empty.
+	Truncated bool
+}
+
+// Get returns the first value of the named header, matched without regard
+// to case, or "".
+func (r *Response) Get(name string) string {
+	for _, h := range r.Header {
+		if strings.EqualFold(h.Name, name) {
+			return h.Value
+		}
+	}
+	return ""
+}
+
+// ContentType returns the response's media type without parameters, in
+// lower case.
+func (r *Response) ContentType() string {
+	ct := r.Get("Content-Type")
+	if i := strings.IndexByte(ct, ';'); i >= 0 {
+		ct = ct[:i]
+	}
+	return strings.ToLower(strings.TrimSpace(ct))
+}
+
+// Client sends requests to the API.
+type Client interface {
+	// Do queues r and returns at once. done is called exactly once, on
+	// another goroutine, with the API's response or the error that stopped
+	// the request. Do never blocks, whatever the API does; r and its body
+	// must stay unchanged until done is called.
+	Do(r *Request, done func(*Response, error))
+	// Close stops the client's goroutines after the requests in flight end.
+	Close()
+}
+
+// Observer is told of every request sent to the API, each attempt of a
+// retried one included.
+type Observer interface {
+	Started(method string)
+	Finished(method string, d time.Duration, delivered bool)
+}
+
+// Outcome is what a request's result means for the message it carried.
+type Outcome uint8
+
+// The outcomes of one request.
+const (
+	// Delivered: the API answered 2xx.
+	Delivered Outcome = iota
+	// Refused: the API answered 4xx. It saw the request and does not want
+	// it; sending it again would not help.
+	Refused
+	// Failed: no answer, a 5xx or another status. The API may be
+	// restarting: try again later.
+	Failed
+)
+
+// Classify maps a request's result to its outcome. It is the one place that
+// decides what is retried.
+func Classify(resp *Response, err error) Outcome {
+	switch {
+	case err != nil:
+		return Failed
+	case resp.Status >= 200 && resp.Status < 300:
+		return Delivered
+	case resp.Status >= 400 && resp.Status < 500:
+		return Refused
+	}
+	return Failed
+}
+
+// IsTimeout reports whether err is the API not answering in time (as
+// opposed to refusing the connection or answering badly).
+func IsTimeout(err error) bool {
+	if errors.Is(err, context.DeadlineExceeded) || errors.Is(err, ErrTimeout) {
+		return true
+	}
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// ErrTimeout is the API not answering a request within the client's timeout.
+var ErrTimeout = errors.New("api timeout")
+
+// ErrClosed is returned for requests made after Close.
+var ErrClosed = errors.New("upstream client closed")
+
+// CanonicalName returns the canonical form of a header name.
+func CanonicalName(name string) string { return textproto.CanonicalMIMEHeaderKey(name) }
