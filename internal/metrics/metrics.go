@@ -69,8 +69,8 @@ type Metrics struct {
 	Pushes          *vm.Counter
 	PushesNotFound  *vm.Counter
 	Broadcasts      *vm.Counter
-	Closes          map[string]*vm.Counter        // by cause
-	Rejected        map[int]*vm.Counter           // handshakes answered with an error, by status
+	Closes          map[string]*vm.Counter             // by cause
+	Rejected        map[int]*vm.Counter                // handshakes answered with an error, by status
 	latency         map[string]*vm.PrometheusHistogram // API request latency by method
 
 	mu sync.Mutex

@@ -59,7 +59,9 @@ type ProtocolError struct {
 	Reason string
 }
 
-func (e *ProtocolError) Error() string { return fmt.Sprintf("websocket: %s (close %d)", e.Reason, e.Code) }
+func (e *ProtocolError) Error() string {
+	return fmt.Sprintf("websocket: %s (close %d)", e.Reason, e.Code)
+}
 
 // Errors a peer can cause while sending frames.
 var (
