@@ -4,6 +4,7 @@ go 1.26.8
 
 require (
 	github.com/VictoriaMetrics/metrics v1.44.0
+	github.com/gorilla/websocket v1.5.3
 	github.com/lesismal/nbio v1.6.12
 )
 

@@ -63,6 +63,7 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		return err
 	}
 	log := newLogger(cfg, stderr)
+	slog.SetDefault(log)
 
 	if cfg.cpuProfile != "" {
 		f, err := os.Create(cfg.cpuProfile)
@@ -154,14 +155,14 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		runErr = fmt.Errorf("control listener: %w", runErr)
 	}
 
-	log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout)
+	log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()
 	start := time.Now()
 	if err := gw.Shutdown(drainCtx); err != nil {
 		log.Warn("drain incomplete", "error", err)
 	} else {
-		log.Info("drained", "took", time.Since(start).Round(time.Millisecond))
+		log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	}
 	ctlCtx, cancelCtl := context.WithTimeout(context.Background(), time.Second)
 	defer cancelCtl()

@@ -177,13 +177,8 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 		return
 	}
 
-	if _, err := c.nc.Write(appendSwitching(nil, hs.key, protocol)); err != nil {
-		c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: errText(err), cause: metrics.CauseNetwork})
-		end := c.end
-		c.mu.Unlock()
-		c.deleteUnborn(hs.id, meta, end)
-		return
-	}
+	// Registered before the 101 goes out, so that a client that saw its
+	// upgrade can be pushed to and is reached by a shutdown.
 	c.state = stOpen
 	c.id = hs.id
 	c.subprotocol = protocol
@@ -193,6 +188,13 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	old := s.reg.swap(c)
 	s.m.ConnectionsOpened.Inc()
 	s.m.Connections.Inc()
+	// A failed write closes the socket; onClose then sends the DELETE.
+	_, _ = c.nc.Write(appendSwitching(nil, hs.key, protocol))
+	if s.draining.Load() {
+		// Shutdown began after the check above and its sweep may have
+		// missed this connection.
+		c.closeLocked(closeShutdown)
+	}
 	if early := c.in; early != nil {
 		c.in = nil
 		c.readFrames(early)

@@ -9,23 +9,24 @@ import (
 	"github.com/lesismal/nbio/logging"
 )
 
-// nbio logs through a process-wide logger; the first Server's logger gets
-// its lines: errors as warnings, the rest at debug level.
+// nbio logs through one process-wide logger. Its lines go to slog's default
+// logger (which main sets): errors as warnings, the rest at debug level.
 var nbioLogOnce sync.Once
 
-func setNBIOLogger(l *slog.Logger) {
-	nbioLogOnce.Do(func() { logging.SetLogger(nbioLog{l}) })
+func setNBIOLogger() {
+	nbioLogOnce.Do(func() { logging.SetLogger(nbioLog{}) })
 }
 
-type nbioLog struct{ l *slog.Logger }
+type nbioLog struct{}
 
-func (n nbioLog) Debug(format string, v ...any) { n.put(slog.LevelDebug, format, v) }
-func (n nbioLog) Info(format string, v ...any)  { n.put(slog.LevelDebug, format, v) }
-func (n nbioLog) Warn(format string, v ...any)  { n.put(slog.LevelDebug, format, v) }
-func (n nbioLog) Error(format string, v ...any) { n.put(slog.LevelWarn, format, v) }
+func (nbioLog) Debug(format string, v ...any) { put(slog.LevelDebug, format, v) }
+func (nbioLog) Info(format string, v ...any)  { put(slog.LevelDebug, format, v) }
+func (nbioLog) Warn(format string, v ...any)  { put(slog.LevelDebug, format, v) }
+func (nbioLog) Error(format string, v ...any) { put(slog.LevelWarn, format, v) }
 
-func (n nbioLog) put(level slog.Level, format string, v []any) {
-	if n.l.Enabled(context.Background(), level) {
-		n.l.Log(context.Background(), level, "nbio: "+fmt.Sprintf(format, v...))
+func put(level slog.Level, format string, v []any) {
+	l := slog.Default()
+	if l.Enabled(context.Background(), level) {
+		l.Log(context.Background(), level, "nbio: "+fmt.Sprintf(format, v...))
 	}
 }

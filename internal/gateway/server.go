@@ -157,6 +157,7 @@ type Server struct {
 	mu     sync.Mutex
 	ln     net.Listener
 	accept sync.WaitGroup
+	stop   sync.Once
 	warn   rateLimiter
 }
 
@@ -177,7 +178,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.reg.init()
 	s.pending.m = s.m
-	setNBIOLogger(s.log)
+	setNBIOLogger()
 	s.engine = nbio.NewEngine(nbio.Config{
 		Name:               "ws2api",
 		NPoller:            opts.Pollers,
@@ -250,7 +251,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.closeWith(closeShutdown)
 	}
 	err := s.waitIdle(ctx)
-	s.engine.Stop()
+	s.stop.Do(s.engine.Stop)
 	return err
 }
 

@@ -151,6 +151,9 @@ func parseHead(b []byte) (*requestHead, *reject) {
 		return nil, badRequest("malformed request line")
 	}
 	h := &requestHead{method: parts[0], target: parts[1], proto: parts[2]}
+	if !validFieldValue(h.target) || strings.ContainsAny(h.target, "\t#") {
+		return nil, badRequest("malformed request target")
+	}
 	if !strings.HasPrefix(h.proto, "HTTP/1.") || len(h.proto) != len("HTTP/1.1") || h.proto == "HTTP/1.0" {
 		return nil, badRequest("a WebSocket upgrade needs HTTP/1.1")
 	}
