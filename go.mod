@@ -6,10 +6,10 @@ require (
 	github.com/VictoriaMetrics/metrics v1.44.0
 	github.com/gorilla/websocket v1.5.3
 	github.com/lesismal/nbio v1.6.12
+	golang.org/x/sys v0.38.0
 )
 
 require (
 	github.com/valyala/fastrand v1.1.0 // indirect
 	github.com/valyala/histogram v1.2.0 // indirect
-	golang.org/x/sys v0.38.0 // indirect
 )

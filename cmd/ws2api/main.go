@@ -18,6 +18,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/bench"
 	"github.com/ws2api/ws2api/internal/control"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/metrics"
@@ -53,6 +54,8 @@ func main() {
 func run(ctx context.Context, args []string, getenv func(string) string, stdout, stderr io.Writer) error {
 	if len(args) > 0 {
 		switch args[0] {
+		case "bench":
+			return bench.Main(ctx, args[1:], os.Stdin, stdout, stderr)
 		case "version", "-version", "--version":
 			fmt.Fprintf(stdout, "ws2api %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return nil

@@ -181,11 +181,19 @@ func (m *Metrics) declare(name, typ, help string) {
 	m.mu.Unlock()
 }
 
+// exposeOnce turns on the library's TYPE lines, process-wide: the Go
+// runtime and process metrics then carry theirs, and ours are replaced by
+// lines with real help texts.
+var exposeOnce sync.Once
+
 // WritePrometheus writes every metric in the Prometheus text format, each
-// family preceded by its HELP and TYPE lines.
+// family preceded by its HELP and TYPE lines, followed by the Go runtime's
+// and the process's own (go_*, process_*).
 func (m *Metrics) WritePrometheus(w io.Writer) {
+	exposeOnce.Do(func() { vm.ExposeMetadata(true) })
 	var buf bytes.Buffer
 	m.set.WritePrometheus(&buf)
+	vm.WriteProcessMetrics(&buf)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	bw := bufio.NewWriter(w)
@@ -194,6 +202,19 @@ func (m *Metrics) WritePrometheus(w io.Writer) {
 	sc.Buffer(make([]byte, 64<<10), 1<<20)
 	for sc.Scan() {
 		line := sc.Text()
+		if meta, ok := strings.CutPrefix(line, "# "); ok {
+			// The library's own HELP or TYPE line: kept for families
+			// ws2api does not describe itself.
+			f := strings.Fields(meta)
+			if len(f) >= 2 {
+				if _, known := m.meta[f[1]]; known {
+					continue
+				}
+			}
+			bw.WriteString(line)
+			bw.WriteByte('\n')
+			continue
+		}
 		if fam := m.familyOf(line); fam != "" && fam != last {
 			f := m.meta[fam]
 			fmt.Fprintf(bw, "# HELP %s %s\n# TYPE %s %s\n", fam, f.help, fam, f.typ)

@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"log/slog"
+	"runtime"
+	"strconv"
+
+	"github.com/lesismal/nbio"
+)
+
+// EchoAPI is the API the benchmarks run behind ws2api: GET answers "ok",
+// POST echoes its body with its Content-Type, DELETE answers nothing. It
+// speaks just enough HTTP/1.1 for that (keep-alive, pipelining,
+// Content-Length bodies) on nbio's event loop, so that it costs little next
+// to the gateway it serves, as the original benchmark's fasthttp echo server
+// did.
+type EchoAPI struct {
+	engine *nbio.Engine
+	Addr   string
+}
+
+// StartEchoAPI listens on addr.
+func StartEchoAPI(addr string, pollers int) (*EchoAPI, error) {
+	if pollers <= 0 {
+		pollers = runtime.NumCPU()
+	}
+	e := nbio.NewEngine(nbio.Config{Name: "echo-api", Network: "tcp", Addrs: []string{addr}, NPoller: pollers})
+	e.OnOpen(func(c *nbio.Conn) { c.SetSession(&echoConn{}) })
+	e.OnData(func(c *nbio.Conn, data []byte) {
+		ec := c.Session().(*echoConn)
+		out, err := ec.serve(data)
+		if len(out) > 0 {
+			_, _ = c.Write(out)
+		}
+		if err != nil {
+			_ = c.Close()
+		}
+	})
+	if err := e.Start(); err != nil {
+		return nil, err
+	}
+	return &EchoAPI{engine: e, Addr: e.Addrs[0]}, nil
+}
+
+// Stop closes the listener and every connection.
+func (a *EchoAPI) Stop() { a.engine.Stop() }
+
+type echoConn struct {
+	in  []byte
+	out []byte
+}
+
+var errBadRequest = errors.New("bad request")
+
+// serve parses every complete request in what arrived and returns the
+// answers, to be written at once.
+func (ec *echoConn) serve(data []byte) ([]byte, error) {
+	buf := data
+	if len(ec.in) > 0 {
+		ec.in = append(ec.in, data...)
+		buf = ec.in
+	}
+	out := ec.out[:0]
+	var err error
+	for len(buf) > 0 {
+		var n int
+		out, n, err = answer(out, buf)
+		if err != nil || n == 0 {
+			break
+		}
+		buf = buf[n:]
+	}
+	if err != nil {
+		out = append(out, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
+	}
+	switch {
+	case len(buf) == 0:
+		ec.in = ec.in[:0]
+	case len(ec.in) > 0:
+		ec.in = ec.in[:copy(ec.in, buf)]
+	default:
+		ec.in = append(ec.in[:0], buf...)
+	}
+	ec.out = out
+	return out, err
+}
+
+// answer appends the answer to the request at the start of b and returns
+// the bytes consumed, or 0 if the request is not complete.
+func answer(out, b []byte) ([]byte, int, error) {
+	end := bytes.Index(b, []byte("\r\n\r\n"))
+	if end < 0 {
+		if len(b) > 64<<10 {
+			return out, 0, errBadRequest
+		}
+		return out, 0, nil
+	}
+	head := b[:end]
+	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
+	method, _, _ := bytes.Cut(line, []byte(" "))
+	length, ctype := 0, []byte(nil)
+	for len(rest) > 0 {
+		var h []byte
+		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
+		name, value, ok := bytes.Cut(h, []byte(":"))
+		if !ok {
+			return out, 0, errBadRequest
+		}
+		value = bytes.TrimSpace(value)
+		switch {
+		case bytes.EqualFold(name, []byte("Content-Length")):
+			n, err := strconv.Atoi(string(value))
+			if err != nil || n < 0 {
+				return out, 0, errBadRequest
+			}
+			length = n
+		case bytes.EqualFold(name, []byte("Content-Type")):
+			ctype = value
+		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
+			return out, 0, errBadRequest
+		}
+	}
+	total := end + 4 + length
+	if len(b) < total {
+		return out, 0, nil
+	}
+	body := b[end+4 : total]
+	switch string(method) {
+	case "GET":
+		out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"...)
+	case "POST":
+		out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: "...)
+		if len(ctype) == 0 {
+			ctype = []byte("text/plain")
+		}
+		out = append(out, ctype...)
+		out = append(out, "\r\nContent-Length: "...)
+		out = strconv.AppendInt(out, int64(len(body)), 10)
+		out = append(out, "\r\n\r\n"...)
+		out = append(out, body...)
+	default:
+		out = append(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"...)
+	}
+	return out, total, nil
+}
+
+// runAPI is `ws2api bench api`.
+func runAPI(ctx context.Context, args []string, stdout io.Writer) error {
+	fs := flag.NewFlagSet("ws2api bench api", flag.ContinueOnError)
+	fs.SetOutput(stdout)
+	listen := fs.String("listen", "127.0.0.1:8000", "address to serve the echo API on")
+	pollers := fs.Int("pollers", 1, "event-loop goroutines")
+	if err := fs.Parse(args); err != nil {
+		return err
+	}
+	api, err := StartEchoAPI(*listen, *pollers)
+	if err != nil {
+		return fmt.Errorf("echo API: %w", err)
+	}
+	slog.Info("echo API serving", "addr", api.Addr)
+	<-ctx.Done()
+	api.Stop()
+	return nil
+}

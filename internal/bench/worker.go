@@ -1,0 +1,515 @@
+package bench
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/http"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"golang.org/x/sys/unix"
+
+	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/ws"
+)
+
+// workerConfig is one worker's share of a load run.
+type workerConfig struct {
+	URL      string        `json:"url"`      // ws://host:port/ base; the id is appended
+	First    int           `json:"first"`    // global index of this worker's first connection
+	Count    int           `json:"count"`    // connections this worker opens
+	Total    int           `json:"total"`    // connections in the whole run (for the ramp)
+	Ramp     time.Duration `json:"ramp"`     // time to open all Total connections; 0: as fast as possible
+	Dialers  int           `json:"dialers"`  // handshakes in progress at once
+	Interval time.Duration `json:"interval"` // each connection sends one message this often; 0: never
+	Size     int           `json:"size"`     // message size in bytes
+	Prefix   string        `json:"prefix"`   // id prefix
+	Sources  bool          `json:"sources"`  // spread connections over 127.0.1.x source addresses
+}
+
+// report is a worker's cumulative counts, sent every second.
+type report struct {
+	Worker      int    `json:"worker"`
+	Connected   int64  `json:"connected"` // open now
+	ConnectOK   int64  `json:"connect_ok"`
+	ConnectFail int64  `json:"connect_fail"`
+	Sent        int64  `json:"sent"`
+	Recv        int64  `json:"recv"`   // replies to our messages
+	Pushes      int64  `json:"pushes"` // pushes and broadcasts received
+	Closed      int64  `json:"closed"` // connections the server closed or that dropped
+	Errors      int64  `json:"errors"` // send failures, bad frames
+	LastError   string `json:"last_error,omitempty"`
+	Lat         Counts `json:"lat"`      // reply latency
+	PushLat     Counts `json:"push_lat"` // push and broadcast latency
+	ConnLat     Counts `json:"conn_lat"` // dial to 101
+	Done        bool   `json:"done"`     // the worker is finished
+}
+
+// worker opens and drives its share of the connections.
+type worker struct {
+	cfg    workerConfig
+	index  int
+	engine *nbio.Engine
+
+	connected, connectOK, connectFail atomic.Int64
+	sent, recv, pushes, closed, errs  atomic.Int64
+	lastErr                           atomic.Value
+	finishing                         atomic.Bool // closing our own connections: not errors
+	lat, pushLat, connLat             Histogram
+
+	mu    sync.Mutex
+	slots [][]*loadConn // the send schedule: slot k sends at tick k
+	all   []*loadConn
+}
+
+// tick is the send scheduler's resolution.
+const tick = 10 * time.Millisecond
+
+type loadConn struct {
+	w   *worker
+	idx int
+	nc  *nbio.Conn
+	key [4]byte
+
+	mu    sync.Mutex
+	in    []byte
+	rd    ws.Reader
+	seq   int
+	buf   []byte
+	frame []byte
+}
+
+func newWorker(cfg workerConfig, index int) (*worker, error) {
+	w := &worker{cfg: cfg, index: index}
+	w.engine = nbio.NewEngine(nbio.Config{Name: "bench", NPoller: 1})
+	w.engine.OnData(func(c *nbio.Conn, data []byte) {
+		if lc, ok := c.Session().(*loadConn); ok {
+			lc.onData(data)
+		}
+	})
+	w.engine.OnClose(func(c *nbio.Conn, err error) {
+		if _, ok := c.Session().(*loadConn); ok {
+			w.connected.Add(-1)
+			if w.finishing.Load() {
+				return
+			}
+			w.closed.Add(1)
+			if err != nil {
+				w.noteError(fmt.Errorf("connection closed: %w", err))
+			}
+		}
+	})
+	if err := w.engine.Start(); err != nil {
+		return nil, err
+	}
+	return w, nil
+}
+
+func (w *worker) noteError(err error) { w.lastErr.Store(err.Error()) }
+
+func (w *worker) snapshot(done bool) report {
+	r := report{
+		Worker: w.index, Connected: w.connected.Load(), ConnectOK: w.connectOK.Load(), ConnectFail: w.connectFail.Load(),
+		Sent: w.sent.Load(), Recv: w.recv.Load(), Pushes: w.pushes.Load(), Closed: w.closed.Load(), Errors: w.errs.Load(),
+		Lat: w.lat.Snapshot(), PushLat: w.pushLat.Snapshot(), ConnLat: w.connLat.Snapshot(), Done: done,
+	}
+	if e, ok := w.lastErr.Load().(string); ok {
+		r.LastError = e
+	}
+	return r
+}
+
+// run opens the connections at the ramp's pace, then sends on schedule
+// until sending ends; the connections stay open until ctx ends.
+func (w *worker) run(ctx, sending context.Context) {
+	defer w.engine.Stop()
+	cfg := w.cfg
+	if cfg.Interval > 0 {
+		w.slots = make([][]*loadConn, max(1, int(cfg.Interval/tick)))
+	}
+	jobs := make(chan int)
+	var dialers sync.WaitGroup
+	for range max(1, cfg.Dialers) {
+		dialers.Go(func() {
+			for i := range jobs {
+				w.open(ctx, i)
+			}
+		})
+	}
+	// The ramp is shared by all workers: connection g opens at g*Ramp/Total.
+	start := time.Now()
+	go func() {
+		defer close(jobs)
+		for i := range cfg.Count {
+			g := cfg.First + i
+			if cfg.Ramp > 0 {
+				at := start.Add(time.Duration(int64(cfg.Ramp) * int64(g) / int64(max(1, cfg.Total))))
+				if d := time.Until(at); d > 0 {
+					select {
+					case <-time.After(d):
+					case <-ctx.Done():
+						return
+					}
+				}
+			}
+			select {
+			case jobs <- g:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	sendDone := make(chan struct{})
+	go func() {
+		defer close(sendDone)
+		if cfg.Interval > 0 {
+			w.schedule(sending)
+		}
+	}()
+	dialers.Wait()
+	<-ctx.Done()
+	<-sendDone
+	w.finishing.Store(true)
+	w.mu.Lock()
+	all := w.all
+	w.mu.Unlock()
+	for _, lc := range all {
+		_ = lc.nc.Close()
+	}
+}
+
+// sendOnce sends one message on every open connection.
+func (w *worker) sendOnce() {
+	w.mu.Lock()
+	all := append([]*loadConn(nil), w.all...)
+	w.mu.Unlock()
+	for _, lc := range all {
+		lc.send('m')
+	}
+}
+
+// schedule sends from slot k at tick k: each connection once per interval,
+// the connections spread evenly over it.
+func (w *worker) schedule(ctx context.Context) {
+	t := time.NewTicker(tick)
+	defer t.Stop()
+	for k := 0; ; k++ {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		w.mu.Lock()
+		slot := w.slots[k%len(w.slots)]
+		w.mu.Unlock()
+		for _, lc := range slot {
+			lc.send('m')
+		}
+	}
+}
+
+func (w *worker) sourceAddr(g int) *net.TCPAddr {
+	if !w.cfg.Sources {
+		return nil
+	}
+	return &net.TCPAddr{IP: net.IPv4(127, 0, 1, byte(1+(g/20000)%250))}
+}
+
+// open dials connection g, upgrades it and hands it to the event loop.
+func (w *worker) open(ctx context.Context, g int) {
+	id := w.cfg.Prefix + strconv.Itoa(g)
+	start := time.Now()
+	fail := func(err error) {
+		w.connectFail.Add(1)
+		w.noteError(fmt.Errorf("connect %s: %w", id, err))
+	}
+	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: w.sourceAddr(g), Control: bindNoPort}
+	host, path, err := splitWSURL(w.cfg.URL)
+	if err != nil {
+		fail(err)
+		return
+	}
+	conn, err := d.DialContext(ctx, "tcp", host)
+	if err != nil {
+		fail(err)
+		return
+	}
+	var key [16]byte
+	for i := range key {
+		key[i] = byte(rand.Uint32())
+	}
+	req := "GET " + path + id + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + b64(key[:]) + "\r\n\r\n"
+	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
+	if _, err := io.WriteString(conn, req); err != nil {
+		conn.Close()
+		fail(err)
+		return
+	}
+	// Read the answer head byte-exact: what follows it belongs to the
+	// event loop.
+	head := make([]byte, 0, 256)
+	one := make([]byte, 512)
+	for bytes.Index(head, []byte("\r\n\r\n")) < 0 {
+		n, err := conn.Read(one)
+		if err != nil {
+			conn.Close()
+			fail(err)
+			return
+		}
+		head = append(head, one[:n]...)
+		if len(head) > 16<<10 {
+			conn.Close()
+			fail(errors.New("answer head too long"))
+			return
+		}
+	}
+	end := bytes.Index(head, []byte("\r\n\r\n")) + 4
+	resp, err := http.ReadResponse(bufio.NewReader(bytes.NewReader(head[:end])), nil)
+	if err != nil || resp.StatusCode != http.StatusSwitchingProtocols {
+		conn.Close()
+		if err == nil {
+			err = fmt.Errorf("status %d", resp.StatusCode)
+		}
+		fail(err)
+		return
+	}
+	_ = conn.SetDeadline(time.Time{})
+	lc := &loadConn{w: w, idx: g}
+	binaryKey := rand.Uint32()
+	lc.key = [4]byte{byte(binaryKey), byte(binaryKey >> 8), byte(binaryKey >> 16), byte(binaryKey >> 24)}
+	nc, err := nbio.NBConn(conn)
+	if err != nil {
+		fail(err)
+		return
+	}
+	lc.nc = nc
+	nc.SetSession(lc)
+	w.connected.Add(1)
+	if _, err := w.engine.AddConn(nc); err != nil {
+		w.connected.Add(-1)
+		fail(err)
+		return
+	}
+	w.connLat.Record(time.Since(start))
+	w.connectOK.Add(1)
+	if rest := head[end:]; len(rest) > 0 {
+		lc.onData(rest)
+	}
+	w.mu.Lock()
+	w.all = append(w.all, lc)
+	if w.slots != nil {
+		k := rand.IntN(len(w.slots))
+		w.slots[k] = append(w.slots[k], lc)
+	}
+	w.mu.Unlock()
+}
+
+// send writes one message: kind, the send time, the connection, a sequence
+// number, padded to the configured size. The echo API sends it back.
+func (lc *loadConn) send(kind byte) {
+	lc.mu.Lock()
+	lc.seq++
+	p := lc.buf[:0]
+	p = append(p, kind)
+	p = strconv.AppendInt(p, time.Now().UnixNano(), 10)
+	p = append(p, ' ')
+	p = strconv.AppendInt(p, int64(lc.idx), 10)
+	p = append(p, ' ')
+	p = strconv.AppendInt(p, int64(lc.seq), 10)
+	p = append(p, ' ')
+	for len(p) < lc.w.cfg.Size {
+		p = append(p, 'x')
+	}
+	lc.frame = ws.AppendFrame(lc.frame[:0], ws.OpText, p, &lc.key)
+	lc.buf = p
+	_, err := lc.nc.Write(lc.frame)
+	lc.mu.Unlock()
+	if err != nil {
+		lc.w.errs.Add(1)
+		lc.w.noteError(fmt.Errorf("send: %w", err))
+		return
+	}
+	lc.w.sent.Add(1)
+}
+
+func (lc *loadConn) onData(data []byte) {
+	lc.mu.Lock()
+	defer lc.mu.Unlock()
+	buf := append(lc.in, data...)
+	for len(buf) > 0 {
+		m, n, err := lc.rd.Next(buf, ws.Client, 64<<20)
+		if err != nil {
+			lc.w.errs.Add(1)
+			lc.w.noteError(fmt.Errorf("frame from the gateway: %w", err))
+			_ = lc.nc.Close()
+			return
+		}
+		if n == 0 {
+			break
+		}
+		buf = buf[n:]
+		switch m.Op {
+		case ws.OpText, ws.OpBinary:
+			lc.received(m.Payload)
+		case ws.OpPing:
+			_, _ = lc.nc.Write(ws.AppendFrame(nil, ws.OpPong, m.Payload, &lc.key))
+		case ws.OpClose:
+			code, reason, _ := ws.ParseClose(m.Payload)
+			lc.w.noteError(fmt.Errorf("closed by the gateway: %d %s", code, reason))
+			_, _ = lc.nc.Write(ws.AppendFrame(nil, ws.OpClose, ws.AppendClose(nil, code, ""), &lc.key))
+			_ = lc.nc.Close()
+			return
+		}
+	}
+	lc.in = append(lc.in[:0], buf...)
+	if len(lc.in) == 0 {
+		lc.in = nil
+	}
+}
+
+// received records a message's latency from the send time it carries.
+func (lc *loadConn) received(p []byte) {
+	now := time.Now().UnixNano()
+	if len(p) < 2 {
+		return
+	}
+	kind := p[0]
+	end := bytes.IndexByte(p, ' ')
+	if end < 0 {
+		end = len(p)
+	}
+	ts, err := strconv.ParseInt(string(p[1:end]), 10, 64)
+	if err != nil {
+		lc.w.errs.Add(1)
+		lc.w.noteError(fmt.Errorf("unexpected message %q", truncate(p, 40)))
+		return
+	}
+	d := time.Duration(now - ts)
+	switch kind {
+	case 'm':
+		lc.w.recv.Add(1)
+		lc.w.lat.Record(d)
+	default:
+		lc.w.pushes.Add(1)
+		lc.w.pushLat.Record(d)
+	}
+}
+
+func truncate(p []byte, n int) []byte {
+	if len(p) > n {
+		return p[:n]
+	}
+	return p
+}
+
+// splitWSURL splits ws://host:port/base/ into host:port and /base/.
+func splitWSURL(u string) (host, path string, err error) {
+	rest, ok := cutPrefix(u, "ws://")
+	if !ok {
+		return "", "", fmt.Errorf("url %q: want ws://host:port/", u)
+	}
+	host, path = rest, "/"
+	if i := bytes.IndexByte([]byte(rest), '/'); i >= 0 {
+		host, path = rest[:i], rest[i:]
+	}
+	if path[len(path)-1] != '/' {
+		path += "/"
+	}
+	return host, path, nil
+}
+
+func cutPrefix(s, p string) (string, bool) {
+	if len(s) >= len(p) && s[:len(p)] == p {
+		return s[len(p):], true
+	}
+	return s, false
+}
+
+// runWorker is `ws2api bench worker`: one process's share of a run. The
+// parent sends its config as the first JSON line on stdin, then
+// commands ({"cmd":"once"}, {"cmd":"stop-sending"}), then closes stdin to
+// end it. Reports go to
+// stdout, one JSON line a second.
+func runWorker(ctx context.Context, stdin io.Reader, stdout io.Writer) error {
+	dec := json.NewDecoder(stdin)
+	var msg struct {
+		Index  int          `json:"index"`
+		Config workerConfig `json:"config"`
+	}
+	if err := dec.Decode(&msg); err != nil {
+		return fmt.Errorf("worker config: %w", err)
+	}
+	w, err := newWorker(msg.Config, msg.Index)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	sending, stopSending := context.WithCancel(ctx)
+	defer stopSending()
+	go func() {
+		defer cancel()
+		for {
+			var cmd struct {
+				Cmd string `json:"cmd"`
+			}
+			if dec.Decode(&cmd) != nil {
+				return // stdin closed: the parent is done
+			}
+			switch cmd.Cmd {
+			case "stop-sending":
+				stopSending()
+			case "once":
+				go w.sendOnce()
+			}
+		}
+	}()
+	done := make(chan struct{})
+	go func() {
+		w.run(ctx, sending)
+		close(done)
+	}()
+	enc := json.NewEncoder(stdout)
+	t := time.NewTicker(time.Second)
+	defer t.Stop()
+	for {
+		select {
+		case <-done:
+			return enc.Encode(w.snapshot(true))
+		case <-t.C:
+			if err := enc.Encode(w.snapshot(false)); err != nil {
+				return err
+			}
+		}
+	}
+}
+
+func b64(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+
+// bindNoPort lets the kernel pick the source port at connect time, by the
+// whole address 4-tuple, instead of at bind time among ports free on the
+// source address: without it, binding to 127.0.1.x slows to a crawl and
+// then fails once tens of thousands of ports are in use or in TIME_WAIT.
+func bindNoPort(_, _ string, c syscall.RawConn) error {
+	var serr error
+	err := c.Control(func(fd uintptr) {
+		serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_IP, unix.IP_BIND_ADDRESS_NO_PORT, 1)
+	})
+	if err != nil {
+		return err
+	}
+	return serr
+}
