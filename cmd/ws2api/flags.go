@@ -24,6 +24,7 @@ type config struct {
 
 	maxConnsPerHost     int
 	maxIdleConnsPerHost int
+	pipeline            int
 	timeout             time.Duration
 
 	maxMessage  byteSize
@@ -55,7 +56,7 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Listeners", []string{"listen", "control", "api"}},
-	{"Requests to the API", []string{"max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
+	{"Requests to the API", []string{"max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
 	{"Limits per client", []string{"max-message-size", "max-pending", "max-outgoing", "max-header-size", "handshake-timeout"}},
 	{"Running", []string{"drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
@@ -72,6 +73,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile at exit to `file`")
 	fs.IntVar(&cfg.maxConnsPerHost, "max-conns-per-host", 256, "most connections open to the API; requests beyond wait in a queue")
 	fs.IntVar(&cfg.maxIdleConnsPerHost, "max-idle-conns-per-host", 256, "most idle connections to the API kept for reuse")
+	fs.IntVar(&cfg.pipeline, "pipeline", 16, "requests in flight at once on one connection to the API (HTTP/1.1 pipelining); 1 turns it off")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "time the API has to answer one request")
 	fs.DurationVar(&cfg.retryFirst, "retry-first", 100*time.Millisecond, "wait before the first retry of a failed request (doubles each time)")
 	fs.DurationVar(&cfg.retryMax, "retry-max", 5*time.Second, "longest wait between retries")
@@ -175,6 +177,9 @@ func (c *config) check() error {
 	}
 	if c.maxIdleConnsPerHost < 0 {
 		return bad("max-idle-conns-per-host", "must not be negative")
+	}
+	if c.pipeline < 1 {
+		return bad("pipeline", "must be at least 1")
 	}
 	for _, d := range []struct {
 		name string

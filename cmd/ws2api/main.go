@@ -89,13 +89,14 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	m := metrics.New()
-	client, err := upstream.NewHTTPClient(upstream.HTTPOptions{
-		BaseURL:             cfg.api,
-		MaxConnsPerHost:     cfg.maxConnsPerHost,
-		MaxIdleConnsPerHost: cfg.maxIdleConnsPerHost,
-		Timeout:             cfg.timeout,
-		MaxBodyBytes:        max(int64(cfg.maxMessage), 16<<20),
-		Observer:            m,
+	client, err := upstream.NewPipeline(upstream.PipelineOptions{
+		BaseURL:      cfg.api,
+		MaxConns:     cfg.maxConnsPerHost,
+		MaxIdle:      cfg.maxIdleConnsPerHost,
+		Depth:        cfg.pipeline,
+		Timeout:      cfg.timeout,
+		MaxBodyBytes: max(int64(cfg.maxMessage), 16<<20),
+		Observer:     m,
 	})
 	if err != nil {
 		return err

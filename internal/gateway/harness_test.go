@@ -30,7 +30,7 @@ type harness struct {
 
 type harnessOpts struct {
 	gw      gateway.Options
-	http    upstream.HTTPOptions
+	http    upstream.PipelineOptions
 	retry   upstream.RetryOptions
 	noRetry bool
 }
@@ -41,7 +41,7 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	m := metrics.New()
 	o.http.BaseURL = api.URL()
 	o.http.Observer = m
-	client, err := upstream.NewHTTPClient(o.http)
+	client, err := upstream.NewPipeline(o.http)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,8 @@ import (
 	"github.com/ws2api/ws2api/internal/upstream"
 )
 
-func upstream0(timeout time.Duration) upstream.HTTPOptions {
-	return upstream.HTTPOptions{Timeout: timeout}
+func upstream0(timeout time.Duration) upstream.PipelineOptions {
+	return upstream.PipelineOptions{Timeout: timeout}
 }
 
 func TestTextAndBinaryMessagesAndReplies(t *testing.T) {
@@ -158,7 +158,10 @@ func TestOneConnectionsMessagesStayInOrder(t *testing.T) {
 }
 
 // Connections do not wait for each other: the API holds one connection's
-// message until another's arrives.
+// message until another's arrives. (The other is sent once the first has
+// been with the API for longer than the pipelining budget of 1 ms: sooner
+// than that it may share its API connection, which is what lets a fast API
+// take many messages per write.)
 func TestConnectionsAreServedConcurrently(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)
@@ -184,6 +187,7 @@ func TestConnectionsAreServedConcurrently(t *testing.T) {
 	b := testkit.Dial(t, h.url("b"), nil)
 	_ = a.WriteMessage(1, []byte("x"))
 	api.WaitFor(wait, "POST /a", func(c testkit.Call) bool { return c.Method == "POST" && c.ID == "a" })
+	time.Sleep(10 * time.Millisecond)
 	_ = b.WriteMessage(1, []byte("y"))
 	if _, got := testkit.Read(t, b, wait); got != "b done" {
 		t.Fatalf("b: %q", got)
@@ -198,7 +202,7 @@ func TestConnectionsAreServedConcurrently(t *testing.T) {
 func TestBurstIsQueuedNotDropped(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)
-	h := newHarness(t, api, harnessOpts{http: upstream.HTTPOptions{MaxConnsPerHost: 4}})
+	h := newHarness(t, api, harnessOpts{http: upstream.PipelineOptions{MaxConns: 4, Depth: 1}})
 	var open, peak atomic.Int32
 	api.Handle(func(c testkit.Call) testkit.Answer {
 		if c.Method != "POST" {

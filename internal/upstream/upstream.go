@@ -11,8 +11,10 @@ package upstream
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"net/textproto"
+	"net/url"
 	"strings"
 	"time"
 )
@@ -132,3 +134,28 @@ var ErrClosed = errors.New("upstream client closed")
 
 // CanonicalName returns the canonical form of a header name.
 func CanonicalName(name string) string { return textproto.CanonicalMIMEHeaderKey(name) }
+
+// ParseBaseURL checks an API base URL: http or https, a host, no query or
+// fragment. The path gets a final '/' so that ids append cleanly.
+func ParseBaseURL(s string) (*url.URL, error) {
+	u, err := url.Parse(s)
+	if err != nil {
+		return nil, fmt.Errorf("api url %q: %w", s, err)
+	}
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("api url %q: scheme must be http or https", s)
+	}
+	if u.Host == "" {
+		return nil, fmt.Errorf("api url %q: no host", s)
+	}
+	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+		return nil, fmt.Errorf("api url %q: no query, fragment or user info allowed", s)
+	}
+	if !strings.HasSuffix(u.Path, "/") {
+		u.Path += "/"
+		if u.RawPath != "" {
+			u.RawPath += "/"
+		}
+	}
+	return u, nil
+}

@@ -1,0 +1,278 @@
+package upstream
+
+import (
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+type result struct {
+	status    int
+	body      string
+	header    []Header
+	truncated bool
+	err       error
+}
+
+// do sends r and waits for its result.
+func do(c Client, r *Request) result {
+	ch := make(chan result, 1)
+	c.Do(r, func(resp *Response, err error) {
+		if err != nil {
+			ch <- result{err: err}
+			return
+		}
+		// The response is only valid during the callback: copy it.
+		ch <- result{status: resp.Status, body: string(resp.Body), header: append([]Header(nil), resp.Header...), truncated: resp.Truncated}
+	})
+	select {
+	case r := <-ch:
+		return r
+	case <-time.After(20 * time.Second):
+		return result{err: errors.New("test: no callback within 20s")}
+	}
+}
+
+// echoServer answers "<method> <path> <body>" and counts connections.
+func echoServer(t *testing.T, h http.HandlerFunc) (*httptest.Server, *atomic.Int32) {
+	var conns atomic.Int32
+	if h == nil {
+		h = func(w http.ResponseWriter, r *http.Request) {
+			b, _ := io.ReadAll(r.Body)
+			fmt.Fprintf(w, "%s %s %s", r.Method, r.URL.EscapedPath(), b)
+		}
+	}
+	srv := httptest.NewUnstartedServer(h)
+	srv.Config.ConnState = func(_ net.Conn, s http.ConnState) {
+		if s == http.StateNew {
+			conns.Add(1)
+		}
+	}
+	srv.Start()
+	t.Cleanup(srv.Close)
+	return srv, &conns
+}
+
+func newTestPipeline(t *testing.T, o PipelineOptions) *Pipeline {
+	t.Helper()
+	p, err := NewPipeline(o)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func TestPipelineMatchesAnswersToRequestsOverFewConnections(t *testing.T) {
+	t.Parallel()
+	srv, conns := echoServer(t, nil)
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL + "/ws/", MaxConns: 2, Depth: 64})
+	const n = 2000
+	var wg sync.WaitGroup
+	var bad atomic.Int32
+	for i := range n {
+		wg.Go(func() {
+			body := fmt.Sprint("msg", i)
+			r := do(p, &Request{Method: "POST", Path: fmt.Sprint("id", i%37), ContentType: "text/plain", Body: []byte(body)})
+			want := fmt.Sprintf("POST /ws/id%d %s", i%37, body)
+			if r.err != nil || r.status != 200 || r.body != want {
+				if bad.Add(1) < 5 {
+					t.Errorf("request %d: %+v, want body %q", i, r, want)
+				}
+			}
+		})
+	}
+	wg.Wait()
+	if c := conns.Load(); c > 2 {
+		t.Fatalf("%d connections opened, MaxConns is 2", c)
+	}
+}
+
+func TestPipelineGETKeepsEveryHeaderAndTheQuery(t *testing.T) {
+	t.Parallel()
+	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Sec-WebSocket-Protocol", "ocpp1.6")
+		w.Header().Set("X-Ws2api-Meta-User", "42")
+		fmt.Fprint(w, r.URL.RawQuery+" "+r.Header.Get("Origin"))
+	})
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL})
+	r := do(p, &Request{Method: "GET", Path: "CP1", Query: "x=1", Header: []Header{{"Origin", "https://o"}}})
+	if r.err != nil || r.body != "x=1 https://o" {
+		t.Fatalf("%+v", r)
+	}
+	resp := Response{Header: r.header}
+	if resp.Get("sec-websocket-protocol") != "ocpp1.6" || resp.Get("X-Ws2api-Meta-User") != "42" {
+		t.Fatalf("headers %v", r.header)
+	}
+}
+
+func TestPipelineReadsChunkedAndOversizedAnswers(t *testing.T) {
+	t.Parallel()
+	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		switch r.URL.Path {
+		case "/chunked":
+			for _, part := range []string{"hel", "lo ", "world"} {
+				fmt.Fprint(w, part)
+				w.(http.Flusher).Flush()
+			}
+		case "/big":
+			fmt.Fprint(w, strings.Repeat("x", 5000))
+		case "/bigchunked":
+			for range 5 {
+				fmt.Fprint(w, strings.Repeat("y", 1000))
+				w.(http.Flusher).Flush()
+			}
+		default:
+			fmt.Fprint(w, "small")
+		}
+	})
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL, MaxConns: 1, MaxBodyBytes: 4096})
+	if r := do(p, &Request{Method: "POST", Path: "chunked"}); r.err != nil || r.body != "hello world" {
+		t.Fatalf("chunked: %+v", r)
+	}
+	if r := do(p, &Request{Method: "POST", Path: "big"}); r.err != nil || !r.truncated || r.body != "" {
+		t.Fatalf("big: %+v", r)
+	}
+	if r := do(p, &Request{Method: "POST", Path: "bigchunked"}); r.err != nil || !r.truncated {
+		t.Fatalf("big chunked: %+v", r)
+	}
+	// The connection is still in step after skipping large bodies.
+	if r := do(p, &Request{Method: "POST", Path: "after"}); r.err != nil || r.body != "small" {
+		t.Fatalf("after: %+v", r)
+	}
+}
+
+func TestPipelineSurvivesTheServerClosingConnections(t *testing.T) {
+	t.Parallel()
+	var n atomic.Int32
+	srv, conns := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if n.Add(1)%3 == 0 {
+			w.Header().Set("Connection", "close")
+		}
+		b, _ := io.ReadAll(r.Body)
+		w.Write(b)
+	})
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL, MaxConns: 2, Depth: 8})
+	var wg sync.WaitGroup
+	for i := range 200 {
+		wg.Go(func() {
+			want := fmt.Sprint(i)
+			if r := do(p, &Request{Method: "POST", Path: "x", Body: []byte(want)}); r.err != nil || r.body != want {
+				t.Errorf("request %d: %+v (%v)", i, r, r.err)
+			}
+		})
+	}
+	wg.Wait()
+	if conns.Load() < 2 {
+		t.Fatalf("only %d connections: the server's closes were not seen", conns.Load())
+	}
+}
+
+func TestPipelineTimesOutASlowRequestAndKeepsServingOthers(t *testing.T) {
+	t.Parallel()
+	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		if r.URL.Path == "/slow" {
+			select {
+			case <-time.After(time.Second):
+			case <-r.Context().Done():
+			}
+		}
+		fmt.Fprint(w, "done")
+	})
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL, MaxConns: 2, Depth: 4, Timeout: 300 * time.Millisecond})
+	slow := make(chan result, 1)
+	go func() { slow <- do(p, &Request{Method: "POST", Path: "slow"}) }()
+	time.Sleep(20 * time.Millisecond)
+	// Not pipelined behind the slow request: it goes on another
+	// connection and is answered long before the slow one times out.
+	start := time.Now()
+	fast := do(p, &Request{Method: "POST", Path: "fast"})
+	if fast.err != nil || fast.body != "done" {
+		t.Fatalf("request after the slow one: %+v", fast)
+	}
+	if d := time.Since(start); d > 150*time.Millisecond {
+		t.Fatalf("request after the slow one took %v: it waited behind it", d)
+	}
+	if r := <-slow; r.err == nil || !IsTimeout(r.err) {
+		t.Fatalf("slow request: %+v, want a timeout", r)
+	}
+}
+
+func TestPipelineFailsFastWhenTheAPIIsDown(t *testing.T) {
+	t.Parallel()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	addr := ln.Addr().String()
+	ln.Close()
+	p := newTestPipeline(t, PipelineOptions{BaseURL: "http://" + addr})
+	start := time.Now()
+	r := do(p, &Request{Method: "GET", Path: "x"})
+	if r.err == nil || IsTimeout(r.err) || Classify(nil, r.err) != Failed {
+		t.Fatalf("%+v, want a connection error", r)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Fatalf("took %v", d)
+	}
+}
+
+func TestPipelineQueuesBeyondItsConnectionsAndDepth(t *testing.T) {
+	t.Parallel()
+	var inFlight, peak atomic.Int32
+	srv, conns := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		n := inFlight.Add(1)
+		defer inFlight.Add(-1)
+		for {
+			p := peak.Load()
+			if n <= p || peak.CompareAndSwap(p, n) {
+				break
+			}
+		}
+		time.Sleep(time.Millisecond)
+		fmt.Fprint(w, "ok")
+	})
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL, MaxConns: 3, Depth: 1})
+	var wg sync.WaitGroup
+	for range 300 {
+		wg.Go(func() {
+			if r := do(p, &Request{Method: "POST", Path: "q"}); r.err != nil {
+				t.Error(r.err)
+			}
+		})
+	}
+	wg.Wait()
+	if conns.Load() > 3 || peak.Load() > 3 {
+		t.Fatalf("%d connections, %d requests at once; limit 3", conns.Load(), peak.Load())
+	}
+}
+
+func TestPipelineCloseFailsWhatIsLeft(t *testing.T) {
+	t.Parallel()
+	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		<-r.Context().Done()
+	})
+	p, err := NewPipeline(PipelineOptions{BaseURL: srv.URL, MaxConns: 1, Depth: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	results := make(chan result, 3)
+	for range 3 {
+		go func() { results <- do(p, &Request{Method: "POST", Path: "x"}) }()
+	}
+	time.Sleep(100 * time.Millisecond)
+	p.Close()
+	for range 3 {
+		if r := <-results; !errors.Is(r.err, ErrClosed) {
+			t.Fatalf("%+v, want ErrClosed", r)
+		}
+	}
+	if r := do(p, &Request{Method: "POST", Path: "x"}); !errors.Is(r.err, ErrClosed) {
+		t.Fatalf("after Close: %+v", r)
+	}
+}
