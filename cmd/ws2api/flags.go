@@ -40,6 +40,8 @@ type config struct {
 	retryMax    time.Duration
 	retryGiveUp time.Duration
 
+	pollers int
+
 	logLevel  slog.Level
 	logFormat string
 }
@@ -58,7 +60,7 @@ var flagGroups = []struct {
 	{"Listeners", []string{"listen", "control", "api"}},
 	{"Requests to the API", []string{"max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
 	{"Limits per client", []string{"max-message-size", "max-pending", "max-outgoing", "max-header-size", "handshake-timeout"}},
-	{"Running", []string{"drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
+	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
 
 func newFlagSet(cfg *config) *flag.FlagSet {
@@ -89,6 +91,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	cfg.logLevel = slog.LevelInfo
 	fs.Var(&logLevel{&cfg.logLevel}, "log-level", "log `level`: debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text or json")
+	fs.IntVar(&cfg.pollers, "pollers", 0, "event-loop goroutines serving every socket (0: one per CPU)")
 	fs.Usage = func() { usage(fs) }
 	return fs
 }
@@ -208,6 +211,9 @@ func (c *config) check() error {
 	}
 	if c.maxHeader < 256 {
 		return bad("max-header-size", "must be at least 256 bytes")
+	}
+	if c.pollers < 0 {
+		return bad("pollers", "must not be negative")
 	}
 	if c.logFormat != "text" && c.logFormat != "json" {
 		return bad("log-format", "must be text or json")

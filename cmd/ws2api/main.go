@@ -21,6 +21,7 @@ import (
 	"github.com/ws2api/ws2api/internal/bench"
 	"github.com/ws2api/ws2api/internal/control"
 	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
 )
@@ -89,7 +90,15 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 
 func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	m := metrics.New()
+	// One event loop for every socket: a message stays on one poller from
+	// the client to the API and back.
+	lp, err := loop.New("ws2api", cfg.pollers, int(cfg.maxOutgoing))
+	if err != nil {
+		return err
+	}
+	defer lp.Stop()
 	client, err := upstream.NewPipeline(upstream.PipelineOptions{
+		Loop:         lp,
 		BaseURL:      cfg.api,
 		MaxConns:     cfg.maxConnsPerHost,
 		MaxIdle:      cfg.maxIdleConnsPerHost,
@@ -101,16 +110,12 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	retrier := upstream.NewRetrier(client, upstream.RetryOptions{
-		Backoff:     upstream.Backoff{First: cfg.retryFirst, Max: cfg.retryMax},
-		GiveUpAfter: cfg.retryGiveUp,
-		OnRetry:     m.APIRetries.Inc,
-	})
-	defer retrier.Close()
+	defer client.Close()
 
 	gw, err := gateway.New(gateway.Options{
+		Loop:             lp,
 		API:              client,
-		Retry:            retrier,
+		Retry:            upstream.RetryPolicy{Backoff: upstream.Backoff{First: cfg.retryFirst, Max: cfg.retryMax}, GiveUpAfter: cfg.retryGiveUp},
 		Logger:           log,
 		Metrics:          m,
 		MaxMessageBytes:  int64(cfg.maxMessage),

@@ -37,6 +37,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 		switch args[0] {
 		case "api":
 			return runAPI(ctx, args[1:], stdout)
+		case "floor":
+			return runFloor(ctx, args[1:], stdout)
 		case "worker":
 			return runWorker(ctx, stdin, stdout)
 		}
@@ -182,6 +184,9 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	return err
 }
+
+// reportLag is the longest a worker's report can be out of date.
+const reportLag = time.Second
 
 // handle is a worker, in this process or another.
 type handle struct {
@@ -395,9 +400,13 @@ func (r *runner) phases(ctx context.Context) error {
 		sum.Gateway = g
 	}
 
-	// Stop sending and let the last replies arrive.
+	// Stop sending and let the last replies arrive. Reports lag by up to
+	// one interval: wait that long before trusting their counts.
 	for _, h := range r.handles {
 		h.stop()
+	}
+	if err := sleep(ctx, reportLag+100*time.Millisecond); err != nil {
+		return err
 	}
 	graceEnd := time.Now().Add(o.Grace)
 	for time.Now().Before(graceEnd) {

@@ -9,6 +9,7 @@ import (
 
 	"github.com/lesismal/nbio"
 
+	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
 	"github.com/ws2api/ws2api/internal/ws"
@@ -64,9 +65,18 @@ type conn struct {
 	connectedAt time.Time
 	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
 
-	// Toward the API: one request in flight, the rest wait in order.
+	upgraded bool // it reached stOpen: the API knows it and hears of its end
+
+	// Toward the API: one request in flight, the rest wait in order (see
+	// forward.go).
 	queue        []message
-	busy         bool // a POST or the DELETE is in flight
+	busy         bool    // a POST or the DELETE is in flight or waiting to be retried
+	sending      message // the message in flight; buf nil while the DELETE is
+	req          upstream.Request
+	answer       func(*upstream.Response, error) // c.answered, bound once
+	attempt      int
+	firstTry     time.Time
+	retry        *time.Timer
 	pendingBytes int64
 	deleteDue    bool // the socket closed: DELETE after the queue drains
 	deleteSent   bool
@@ -77,23 +87,16 @@ type conn struct {
 	closeTimer *time.Timer
 }
 
-// message is a client message waiting for, or being delivered to, the API.
-type message struct {
-	op   ws.Opcode
-	data []byte
-}
-
-func (s *Server) onOpen(nc *nbio.Conn) {
+// accepted gives a new client connection its state (loop.Handler).
+func (s *Server) accepted(nc *nbio.Conn) loop.Handler {
 	c := &conn{s: s, nc: nc, connID: s.newConnID(), remoteAddr: nc.RemoteAddr().String()}
-	nc.SetSession(c)
 	_ = nc.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	return c
 }
 
-func (s *Server) onData(nc *nbio.Conn, data []byte) {
-	c, _ := nc.Session().(*conn)
-	if c == nil {
-		return
-	}
+// OnData takes what the client's socket delivered (loop.Handler).
+func (c *conn) OnData(_ *nbio.Conn, data []byte) {
+	s := c.s
 	c.mu.Lock()
 	switch c.state {
 	case stHandshake:
@@ -180,6 +183,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	// Registered before the 101 goes out, so that a client that saw its
 	// upgrade can be pushed to and is reached by a shutdown.
 	c.state = stOpen
+	c.upgraded = true
 	c.id = hs.id
 	c.subprotocol = protocol
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
@@ -345,11 +349,10 @@ func (c *conn) setEnd(info closeInfo) {
 	}
 }
 
-func (s *Server) onClose(nc *nbio.Conn, err error) {
-	c, _ := nc.Session().(*conn)
-	if c == nil {
-		return
-	}
+// OnClose ends the connection's life: the API gets its DELETE once the
+// pending messages are through (loop.Handler).
+func (c *conn) OnClose(_ *nbio.Conn, err error) {
+	s := c.s
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state == stClosed {
@@ -370,8 +373,8 @@ func (s *Server) onClose(nc *nbio.Conn, err error) {
 			c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: errText(err), cause: metrics.CauseNetwork})
 		}
 	}
-	if c.id == "" {
-		return // never upgraded: the API knows nothing of it (or hears in authorized)
+	if !c.upgraded {
+		return // the API knows nothing of it, or hears of its end in authorized
 	}
 	s.reg.remove(c)
 	s.m.ConnectionsClosed.Inc()

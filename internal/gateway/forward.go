@@ -18,8 +18,25 @@ const (
 	contentBinary = "application/octet-stream"
 )
 
-// enqueue takes a client message: it goes to the API at once if the
-// connection has nothing in flight, else it waits behind the others.
+// message is a client message waiting for, or being delivered to, the API.
+type message struct {
+	op  ws.Opcode
+	buf *[]byte // from the buffer pools
+}
+
+// A connection's way to the API, in the order things happen:
+//
+//	enqueue      a message arrives: sent at once if nothing is in flight,
+//	             else queued behind the others
+//	startPOST    the connection's one request in flight is that message
+//	answered     the API's answer: reply to the client, or retry after a
+//	             backoff while later messages wait, or give up
+//	nextLocked   the next queued message, else the DELETE once closed
+//
+// The connection reuses one Request and one callback for all of it: one
+// request is in flight at a time, and a message costs no allocation.
+
+// enqueue takes a client message.
 func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	s := c.s
 	n := int64(len(payload))
@@ -31,7 +48,7 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 		c.discard = true
 		return
 	}
-	msg := message{op: op, data: append([]byte(nil), payload...)}
+	msg := message{op: op, buf: getBuf(payload)}
 	c.pendingBytes += n
 	s.pending.add(1, n)
 	if c.busy {
@@ -40,53 +57,124 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	}
 	c.busy = true
 	s.apiWork.Add(1)
-	c.post(msg)
+	c.startPOST(msg)
 }
 
-// post sends one message to the API; posted receives the answer.
-func (c *conn) post(msg message) {
+// startPOST makes msg the request in flight.
+func (c *conn) startPOST(msg message) {
 	ct := contentText
 	if msg.op == ws.OpBinary {
 		ct = contentBinary
 	}
-	req := &upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: msg.data}
-	c.s.opts.Retry.Do(req, func(resp *upstream.Response, err error) { c.posted(msg, resp, err) })
+	c.sending = msg
+	c.req = upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: *msg.buf}
+	c.attempt, c.firstTry = 0, time.Now()
+	c.sendLocked()
 }
 
-func (c *conn) posted(msg message, resp *upstream.Response, err error) {
+// startDELETE makes the DELETE the request in flight: the close reason as
+// body, the code in X-Ws2api-Close-Code.
+func (c *conn) startDELETE() {
+	c.deleteSent = true
+	c.sending = message{}
+	h := make([]upstream.Header, len(c.apiHeader), len(c.apiHeader)+1)
+	copy(h, c.apiHeader)
+	h = append(h, upstream.Header{Name: HeaderCloseCode, Value: strconv.Itoa(c.end.code)})
+	c.req = upstream.Request{Method: "DELETE", Path: c.id, Header: h, ContentType: contentText, Body: []byte(c.end.reason)}
+	c.attempt, c.firstTry = 0, time.Now()
+	c.sendLocked()
+}
+
+// sendLocked hands the request in flight to the API client, which never
+// calls back before returning.
+func (c *conn) sendLocked() {
+	if c.answer == nil {
+		c.answer = c.answered
+	}
+	c.s.opts.API.Do(&c.req, c.answer)
+}
+
+// answered receives the API's answer to the request in flight. The
+// response is only valid during the call.
+func (c *conn) answered(resp *upstream.Response, err error) {
 	s := c.s
-	switch upstream.Classify(resp, err) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	outcome := upstream.Classify(resp, err)
+	gaveUp := false
+	if outcome == upstream.Failed && !errors.Is(err, upstream.ErrClosed) {
+		c.attempt++
+		if wait, ok := s.opts.Retry.Next(c.attempt, c.firstTry, time.Now()); ok {
+			s.m.APIRetries.Inc()
+			if c.retry == nil {
+				c.retry = time.AfterFunc(wait, c.retryNow)
+			} else {
+				c.retry.Reset(wait)
+			}
+			return
+		}
+		gaveUp = true
+	}
+
+	if c.sending.buf == nil { // the DELETE
+		if outcome != upstream.Delivered && !errors.Is(err, upstream.ErrClosed) {
+			s.warn.log(s.log, "DELETE not delivered to the API", "id", c.id, "error", errOrStatus(resp, err))
+		}
+		c.req = upstream.Request{}
+		c.busy = false
+		s.apiWork.Add(-1)
+		return
+	}
+
+	msg := c.sending
+	c.sending = message{}
+	switch outcome {
 	case upstream.Delivered:
-		if len(resp.Body) > 0 {
-			c.reply(resp)
-		} else if resp.Truncated {
+		switch {
+		case len(resp.Body) > 0:
+			c.replyLocked(resp)
+		case resp.Truncated:
 			s.warn.log(s.log, "API reply too large to forward; dropped", "id", c.id)
 		}
 	case upstream.Refused:
 		s.m.APIRefused.Inc()
 		s.log.Debug("API refused a message", "id", c.id, "status", resp.Status)
-	default:
-		if !errors.Is(err, upstream.ErrClosed) {
-			s.warn.log(s.log, "message not delivered to the API; closing its client", "id", c.id, "error", err)
-			c.closeWith(closeGaveUp)
-		}
 	}
-	c.mu.Lock()
-	c.pendingBytes -= int64(len(msg.data))
-	s.pending.add(-1, -int64(len(msg.data)))
+	if gaveUp {
+		s.warn.log(s.log, "message not delivered to the API in time; closing its client", "id", c.id, "error", errOrStatus(resp, err))
+		c.closeLocked(closeGaveUp)
+	}
+	n := int64(len(*msg.buf))
+	c.pendingBytes -= n
+	s.pending.add(-1, -n)
+	c.req.Body = nil
+	putBuf(msg.buf)
 	c.nextLocked()
+}
+
+// retryNow sends the request in flight again, after its backoff.
+func (c *conn) retryNow() {
+	c.mu.Lock()
+	c.sendLocked()
 	c.mu.Unlock()
 }
 
-// reply sends the API's answer to a message back on the same socket:
-// binary if the API said application/octet-stream (or the text is not valid
-// UTF-8, which a text frame may not carry), text otherwise.
-func (c *conn) reply(resp *upstream.Response) {
+func errOrStatus(resp *upstream.Response, err error) any {
+	if err != nil {
+		return err
+	}
+	return "status " + strconv.Itoa(resp.Status)
+}
+
+// replyLocked sends the API's answer back on the same socket: binary if the
+// API said application/octet-stream (or the text is not valid UTF-8, which a
+// text frame may not carry), text otherwise.
+func (c *conn) replyLocked(resp *upstream.Response) {
 	op := ws.OpText
 	if resp.ContentType() == contentBinary || !utf8.Valid(resp.Body) {
 		op = ws.OpBinary
 	}
-	_ = c.send(op, resp.Body, metrics.SourceReply)
+	c.writeDataLocked(op, resp.Body, metrics.SourceReply)
 }
 
 // nextLocked starts the connection's next request to the API: the oldest
@@ -99,16 +187,11 @@ func (c *conn) nextLocked() {
 		if len(c.queue) == 0 {
 			c.queue = nil
 		}
-		c.post(msg)
+		c.startPOST(msg)
 		return
 	}
 	if c.deleteDue && !c.deleteSent {
-		c.deleteSent = true
-		c.sendDelete(c.id, c.apiHeader, c.end, func() {
-			c.mu.Lock()
-			c.busy = false
-			c.mu.Unlock()
-		})
+		c.startDELETE()
 		return
 	}
 	c.busy = false
@@ -118,38 +201,31 @@ func (c *conn) nextLocked() {
 // deleteUnborn tells the API of the end of a connection it accepted but
 // that never opened.
 func (c *conn) deleteUnborn(id string, meta []upstream.Header, end closeInfo) {
-	c.s.apiWork.Add(1)
-	hdr := append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
-	c.sendDelete(id, hdr, end, func() {})
-}
-
-// sendDelete sends DELETE <api><id> with the close reason as body and code
-// as X-Ws2api-Close-Code; then marks the connection's API work done.
-func (c *conn) sendDelete(id string, hdr []upstream.Header, end closeInfo, after func()) {
-	s := c.s
-	h := make([]upstream.Header, len(hdr), len(hdr)+1)
-	copy(h, hdr)
-	h = append(h, upstream.Header{Name: HeaderCloseCode, Value: strconv.Itoa(end.code)})
-	req := &upstream.Request{Method: "DELETE", Path: id, Header: h, ContentType: contentText, Body: []byte(end.reason)}
-	s.opts.Retry.Do(req, func(resp *upstream.Response, err error) {
-		if upstream.Classify(resp, err) == upstream.Failed {
-			s.warn.log(s.log, "DELETE not delivered to the API", "id", id, "error", err)
-		}
-		after()
-		s.apiWork.Add(-1)
-	})
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.id = id
+	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
+	c.end, c.ended = end, true
+	c.deleteDue = true
+	if !c.busy {
+		c.busy = true
+		c.s.apiWork.Add(1)
+		c.nextLocked()
+	}
 }
 
 // send writes one data message to the client if it is open.
 func (c *conn) send(op ws.Opcode, data []byte, source string) error {
 	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.writeDataLocked(op, data, source)
+}
+
+func (c *conn) writeDataLocked(op ws.Opcode, data []byte, source string) error {
 	if c.state != stOpen {
-		c.mu.Unlock()
 		return ErrNotConnected
 	}
-	err := c.writeFrameLocked(op, data)
-	c.mu.Unlock()
-	if err != nil {
+	if err := c.writeFrameLocked(op, data); err != nil {
 		return ErrNotConnected
 	}
 	c.lastActive.Store(time.Now().UnixNano())

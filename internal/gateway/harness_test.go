@@ -13,6 +13,7 @@ import (
 
 	"github.com/ws2api/ws2api/internal/control"
 	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/testkit"
 	"github.com/ws2api/ws2api/internal/upstream"
@@ -29,30 +30,29 @@ type harness struct {
 }
 
 type harnessOpts struct {
-	gw      gateway.Options
-	http    upstream.PipelineOptions
-	retry   upstream.RetryOptions
-	noRetry bool
+	gw   gateway.Options
+	http upstream.PipelineOptions
 }
 
 func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	t.Helper()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	m := metrics.New()
+	lp, err := loop.New("test", 2, 1<<20)
+	if err != nil {
+		t.Fatal(err)
+	}
 	o.http.BaseURL = api.URL()
 	o.http.Observer = m
+	o.http.Loop = lp
 	client, err := upstream.NewPipeline(o.http)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var retry upstream.Client = client
-	if !o.noRetry {
-		if o.retry.Backoff.First == 0 {
-			o.retry.Backoff = upstream.Backoff{First: 10 * time.Millisecond, Max: 50 * time.Millisecond}
-		}
-		retry = upstream.NewRetrier(client, o.retry)
+	if o.gw.Retry.Backoff.First == 0 {
+		o.gw.Retry.Backoff = upstream.Backoff{First: 10 * time.Millisecond, Max: 50 * time.Millisecond}
 	}
-	o.gw.API, o.gw.Retry, o.gw.Logger, o.gw.Metrics = client, retry, log, m
+	o.gw.API, o.gw.Logger, o.gw.Metrics, o.gw.Loop = client, log, m, lp
 	srv, err := gateway.New(o.gw)
 	if err != nil {
 		t.Fatal(err)
@@ -75,8 +75,8 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 			t.Errorf("serve: %v", err)
 		}
 		ctl.Close()
-		retry.Close()
 		client.Close()
+		lp.Stop()
 	})
 	return h
 }

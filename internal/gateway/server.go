@@ -30,8 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lesismal/nbio"
-
+	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
 )
@@ -39,11 +38,13 @@ import (
 // Options configures a [Server]. Every field but API has a default, noted
 // beside it, that New fills in.
 type Options struct {
-	// API receives the connect GETs (never retried: a client waiting for
-	// its upgrade gets an answer at once).
+	// API receives every request: the connect GETs (never retried: a
+	// client waiting for its upgrade gets an answer at once), the POSTs and
+	// the DELETEs (retried by Retry).
 	API upstream.Client
-	// Retry receives the POSTs and DELETEs. Default: API itself.
-	Retry upstream.Client
+	// Retry says when a failed POST or DELETE goes again. Default: the
+	// policy's defaults.
+	Retry upstream.RetryPolicy
 	// Logger gets one line per event worth a person's attention. Default:
 	// slog.Default().
 	Logger *slog.Logger
@@ -72,8 +73,13 @@ type Options struct {
 	// connect GET. Default Origin, Cookie, Authorization, User-Agent,
 	// Sec-WebSocket-Protocol.
 	ForwardHeaders []string
-	// Pollers is the number of event-loop goroutines. Default the number
-	// of CPUs.
+	// Loop is the event loop the clients' sockets live on; share it with
+	// the API client so that a message stays on one poller goroutine from
+	// client to API and back. Default: a loop of the server's own with
+	// Pollers pollers.
+	Loop *loop.Loop
+	// Pollers is the number of event-loop goroutines when the server makes
+	// its own loop. Default the number of CPUs.
 	Pollers int
 }
 
@@ -84,9 +90,7 @@ func (o Options) withDefaults() (Options, error) {
 	if o.API == nil {
 		return o, errors.New("gateway: Options.API is required")
 	}
-	if o.Retry == nil {
-		o.Retry = o.API
-	}
+	o.Retry = o.Retry.WithDefaults()
 	if o.Logger == nil {
 		o.Logger = slog.Default()
 	}
@@ -141,11 +145,12 @@ func (o Options) withDefaults() (Options, error) {
 
 // Server is the public side of one ws2api node.
 type Server struct {
-	opts   Options
-	log    *slog.Logger
-	m      *metrics.Metrics
-	engine *nbio.Engine
-	reg    registry
+	opts    Options
+	log     *slog.Logger
+	m       *metrics.Metrics
+	loop    *loop.Loop
+	ownLoop bool
+	reg     registry
 
 	node    string        // random per process: makes connection ids unique across restarts
 	connSeq atomic.Uint64 // last connection number handed out
@@ -178,18 +183,14 @@ func New(opts Options) (*Server, error) {
 	}
 	s.reg.init()
 	s.pending.m = s.m
-	setNBIOLogger()
-	s.engine = nbio.NewEngine(nbio.Config{
-		Name:               "ws2api",
-		NPoller:            opts.Pollers,
-		MaxWriteBufferSize: opts.MaxOutgoingBytes,
-	})
-	s.engine.OnOpen(s.onOpen)
-	s.engine.OnData(s.onData)
-	s.engine.OnClose(s.onClose)
-	if err := s.engine.Start(); err != nil {
-		return nil, fmt.Errorf("gateway: start event loop: %w", err)
+	s.loop = opts.Loop
+	if s.loop == nil {
+		if s.loop, err = loop.New("ws2api", opts.Pollers, opts.MaxOutgoingBytes); err != nil {
+			return nil, fmt.Errorf("gateway: %w", err)
+		}
+		s.ownLoop = true
 	}
+	s.loop.OnAccept(s.accepted)
 	return s, nil
 }
 
@@ -224,7 +225,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
-		if _, err := s.engine.AddConn(c); err != nil {
+		if err := s.loop.AddAccepted(c); err != nil {
 			s.warn.log(s.log, "cannot add connection to the event loop", "error", err)
 			c.Close()
 		}
@@ -251,7 +252,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.closeWith(closeShutdown)
 	}
 	err := s.waitIdle(ctx)
-	s.stop.Do(s.engine.Stop)
+	if s.ownLoop {
+		s.stop.Do(s.loop.Stop)
+	}
 	return err
 }
 

@@ -8,36 +8,52 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lesismal/nbio"
 )
 
-// pipeConn is one connection of a [Pipeline]: requests are appended to out
-// and written by its writer goroutine, as many as have gathered; its reader
-// goroutine parses the answers in order and completes the oldest calls.
+// pipeConn is one connection of a [Pipeline]. Requests are encoded into out
+// and written as many at a time as have gathered; answers are parsed as
+// they arrive and complete the oldest calls in order.
+//
+// A plain connection lives on the event loop: its answers are parsed on its
+// poller, and its writes happen at the start of the poller's next turn, so
+// the requests of every message read in one turn leave in one write. An
+// https connection has a reader and a writer goroutine of its own.
 type pipeConn struct {
-	p    *Pipeline
-	nc   net.Conn
-	dead atomic.Bool
-	load int // requests given to it and not yet answered; guarded by p.mu
+	p      *Pipeline
+	nb     *nbio.Conn // on the event loop, or
+	nc     net.Conn   // with its own goroutines (TLS)
+	poller int        // nb's poller
+	dead   atomic.Bool
+	load   int // requests given to it and not yet answered; guarded by p.mu
 	// headSent is when the oldest unanswered request was queued here (unix
 	// nanoseconds), 0 if none.
 	headSent atomic.Int64
 
-	mu       sync.Mutex
-	out      []byte    // encoded requests not yet written
-	spare    []byte    // the other write buffer
-	inflight []*call   // written or in out, oldest first
-	flushing bool      // the writer has been woken and not finished
-	lastUsed time.Time // the last answer (or the connection's opening)
-	wake     chan struct{}
-	quit     chan struct{}
-	failOnce sync.Once
+	mu        sync.Mutex
+	out       []byte  // encoded requests not yet written
+	spare     []byte  // the other write buffer
+	inflight  []*call // written or in out, oldest first
+	flushing  bool    // a write of out is due
+	lastWrite time.Time
+	lastUsed  time.Time
+	wake      chan struct{} // goroutine mode: out has requests
+	quit      chan struct{}
+	failOnce  sync.Once
+
+	// rd parses answers. nbio reports a close on another goroutine than
+	// the poller's, so the loop's two callbacks share it under rdMu.
+	rdMu sync.Mutex
+	rd   respReader
 }
 
-func newPipeConn(p *Pipeline, nc net.Conn) *pipeConn {
-	return &pipeConn{p: p, nc: nc, lastUsed: time.Now(), wake: make(chan struct{}, 1), quit: make(chan struct{})}
+func newPipeConn(p *Pipeline) *pipeConn {
+	return &pipeConn{p: p, lastUsed: time.Now(), wake: make(chan struct{}, 1), quit: make(chan struct{})}
 }
 
-func (pc *pipeConn) start() {
+// startGoroutines starts a TLS connection's reader and writer.
+func (pc *pipeConn) startGoroutines() {
 	pc.p.wg.Add(2)
 	go pc.writeLoop()
 	go pc.readLoop()
@@ -72,19 +88,76 @@ func (pc *pipeConn) send(c *call) {
 		pc.headSent.Store(c.sent.UnixNano())
 	}
 	pc.inflight = append(pc.inflight, c)
-	wake := !pc.flushing
+	if pc.flushing {
+		pc.mu.Unlock()
+		return // a write is due and will take this request too
+	}
+	if pc.nb != nil && c.sent.Sub(pc.lastWrite) > batchGap {
+		// Requests come slowly: this one goes out now rather than wait
+		// for the poller's next turn.
+		pc.lastWrite = c.sent
+		buf := pc.out
+		pc.out, pc.spare = pc.spare[:0], nil
+		pc.mu.Unlock()
+		pc.write(buf)
+		return
+	}
 	pc.flushing = true
 	pc.mu.Unlock()
-	if wake {
-		select {
-		case pc.wake <- struct{}{}:
-		default:
-		}
+	if pc.nb != nil {
+		pc.p.loop.Later(pc.poller, pc)
+		return
+	}
+	select {
+	case pc.wake <- struct{}{}:
+	default:
 	}
 }
 
-// writeLoop writes whatever requests have gathered, one write for all of
-// them, until the buffer stays empty.
+// batchGap decides how a loop connection writes a request: one that comes
+// more than batchGap after the connection's last write goes out at once;
+// one that comes sooner waits for the start of the poller's next turn,
+// with every other request of the current turn.
+const batchGap = 50 * time.Microsecond
+
+// RunLater writes what gathered on a loop connection during its poller's
+// last turn (loop.Task).
+func (pc *pipeConn) RunLater() {
+	pc.mu.Lock()
+	buf := pc.out
+	pc.out, pc.spare = pc.spare[:0], nil
+	pc.flushing = false
+	pc.lastWrite = time.Now()
+	pc.mu.Unlock()
+	pc.write(buf)
+}
+
+// write sends buf on a loop connection. nbio keeps what the kernel does
+// not take and writes it when the socket drains; it never blocks. A failed
+// write ends the connection on another goroutine: write may run inside
+// Do, whose caller holds its own lock and must not be called back.
+func (pc *pipeConn) write(buf []byte) {
+	if len(buf) > 0 && !pc.dead.Load() {
+		if _, err := pc.nb.Write(buf); err != nil {
+			go pc.fail(fmt.Errorf("writing to the API: %w", err), false)
+		}
+	}
+	pc.recycle(buf)
+}
+
+func (pc *pipeConn) recycle(buf []byte) {
+	if cap(buf) > 1<<20 {
+		return
+	}
+	pc.mu.Lock()
+	if pc.spare == nil {
+		pc.spare = buf[:0]
+	}
+	pc.mu.Unlock()
+}
+
+// writeLoop is a TLS connection's writer: whatever requests have gathered
+// go out in one write, until none are left.
 func (pc *pipeConn) writeLoop() {
 	defer pc.p.wg.Done()
 	for {
@@ -104,22 +177,79 @@ func (pc *pipeConn) writeLoop() {
 			pc.out, pc.spare = pc.spare[:0], nil
 			pc.mu.Unlock()
 			_, err := pc.nc.Write(buf)
-			pc.mu.Lock()
-			if cap(buf) <= 1<<20 {
-				pc.spare = buf[:0]
-			}
-			pc.mu.Unlock()
+			pc.recycle(buf)
 			if err != nil {
 				// The reader decides the connection's end: answers that
 				// arrived before the failure (a Connection: close among
-				// them) are still to be read. Half-closing makes sure the
-				// API ends the connection, and the reader with it.
-				if tc, ok := pc.nc.(interface{ CloseWrite() error }); ok {
-					_ = tc.CloseWrite()
+				// them) are still to be read.
+				if cw, ok := pc.nc.(interface{ CloseWrite() error }); ok {
+					_ = cw.CloseWrite()
 				}
 				return
 			}
 		}
+	}
+}
+
+// readLoop is a TLS connection's reader.
+func (pc *pipeConn) readLoop() {
+	defer pc.p.wg.Done()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := pc.nc.Read(buf)
+		if n > 0 {
+			if ferr := pc.feed(buf[:n]); ferr != nil {
+				pc.end(ferr)
+				return
+			}
+		}
+		if err != nil {
+			pc.eof(err)
+			pc.end(err)
+			return
+		}
+	}
+}
+
+// OnData parses answers that reached a loop connection (loop.Handler).
+func (pc *pipeConn) OnData(_ *nbio.Conn, data []byte) {
+	if err := pc.feed(data); err != nil {
+		pc.end(err)
+	}
+}
+
+// OnClose ends a loop connection (loop.Handler).
+func (pc *pipeConn) OnClose(_ *nbio.Conn, err error) {
+	pc.eof(err)
+	pc.end(err)
+}
+
+func (pc *pipeConn) feed(data []byte) error {
+	pc.rdMu.Lock()
+	defer pc.rdMu.Unlock()
+	return pc.rd.feed(pc, data)
+}
+
+// eof completes an answer that ran to the end of the connection.
+func (pc *pipeConn) eof(err error) {
+	if err != nil && !errors.Is(err, io.EOF) {
+		return
+	}
+	pc.rdMu.Lock()
+	defer pc.rdMu.Unlock()
+	pc.rd.eof(pc)
+}
+
+// end closes the connection after its reader stopped: announced if the
+// last answer said Connection: close.
+func (pc *pipeConn) end(err error) {
+	switch {
+	case errors.Is(err, errAnnounced):
+		pc.close(errServerClosed, false, true)
+	case err == nil || errors.Is(err, io.EOF):
+		pc.fail(errServerClosed, false)
+	default:
+		pc.fail(err, false)
 	}
 }
 
@@ -165,130 +295,8 @@ func (pc *pipeConn) age(now time.Time) (oldest, idle time.Duration) {
 	return 0, now.Sub(pc.lastUsed)
 }
 
-// readLoop parses answers as they arrive and completes their calls in
-// order.
-func (pc *pipeConn) readLoop() {
-	defer pc.p.wg.Done()
-	maxBody := int(pc.p.opts.MaxBodyBytes)
-	buf := make([]byte, 32<<10)
-	start, end := 0, 0 // unparsed bytes: buf[start:end]
-	var h respHead
-	var chunked []byte // a dechunked body
-	skip := 0          // bytes of an oversized body still to discard
-	for {
-		// Complete every answer the buffer holds.
-		for {
-			if skip > 0 {
-				n := min(skip, end-start)
-				skip -= n
-				start += n
-				if skip > 0 {
-					break
-				}
-			}
-			c := pc.front()
-			keepAll := c != nil && c.r.Method == "GET"
-			ok, err := parseHead(buf[start:end], keepAll, &h)
-			if err != nil {
-				pc.fail(err, false)
-				return
-			}
-			if !ok {
-				break
-			}
-			if c == nil {
-				pc.fail(fmt.Errorf("%w: an answer with no request", errMalformed), false)
-				return
-			}
-			if h.status < 200 {
-				start += h.headLen // 100 Continue and the like
-				continue
-			}
-			data := buf[start+h.headLen : end]
-			var body []byte
-			truncated := false
-			switch {
-			case h.chunked:
-				size, wire, err := chunkedEnd(data)
-				if err != nil {
-					pc.fail(err, false)
-					return
-				}
-				if wire == 0 {
-					goto more
-				}
-				if size > maxBody {
-					truncated = true
-				} else {
-					chunked = dechunk(chunked[:0], data[:wire])
-					body = chunked
-				}
-				start += h.headLen + wire
-			case h.untilEOF:
-				goto more // complete at EOF
-			case h.length > maxBody:
-				truncated = true
-				skip = h.length
-				start += h.headLen
-			default:
-				if len(data) < h.length {
-					goto more
-				}
-				body = data[:h.length]
-				start += h.headLen + h.length
-			}
-			pc.deliver(c, &h, body, truncated)
-			if h.close {
-				pc.failAnnounced()
-				return
-			}
-		}
-	more:
-		// Make room: drop what is used, grow for a large answer.
-		if start == end {
-			start, end = 0, 0
-		} else if start > 0 && len(buf)-end < 4<<10 {
-			end = copy(buf, buf[start:end])
-			start = 0
-		}
-		if end == len(buf) {
-			if len(buf) >= maxBody+maxHeadBytes+64 {
-				pc.fail(fmt.Errorf("%w: answer larger than the body limit", errMalformed), false)
-				return
-			}
-			grown := make([]byte, min(2*len(buf), maxBody+maxHeadBytes+64))
-			end = copy(grown, buf[start:end])
-			start, buf = 0, grown
-		}
-		n, err := pc.nc.Read(buf[end:])
-		end += n
-		if err != nil {
-			if errors.Is(err, io.EOF) && h.untilEOF && start < end {
-				// An answer that ran to the end of the connection.
-				c := pc.front()
-				if ok, _ := parseHead(buf[start:end], c != nil && c.r.Method == "GET", &h); ok && h.untilEOF {
-					if c != nil {
-						body := buf[start+h.headLen : end]
-						pc.deliver(c, &h, body, len(body) > maxBody)
-					}
-				}
-			}
-			if pc.dead.Load() {
-				return
-			}
-			if errors.Is(err, io.EOF) {
-				err = errServerClosed
-			}
-			pc.fail(err, false)
-			return
-		}
-	}
-}
-
-var errServerClosed = errors.New("the API closed the connection")
-
-// deliver completes the oldest call with an answer. The response is reused
-// for the next answer: done must not keep it.
+// deliver completes the oldest call with an answer. The response is only
+// valid until done returns.
 func (pc *pipeConn) deliver(c *call, h *respHead, body []byte, truncated bool) {
 	answered := time.Now()
 	prev := pc.lastUsed // only the reader writes lastUsed
@@ -306,17 +314,16 @@ func (pc *pipeConn) deliver(c *call, h *respHead, body []byte, truncated bool) {
 	if truncated {
 		body = nil
 	}
-	resp := Response{Status: h.status, Header: h.header, Body: body, Truncated: truncated}
-	pc.p.finish(c, &resp, nil)
+	// One Response per connection, reused: done may not keep it.
+	pc.rd.resp = Response{Status: h.status, Header: h.header, Body: body, Truncated: truncated}
+	pc.p.finish(c, &pc.rd.resp, nil)
 }
+
+var errServerClosed = errors.New("the API closed the connection")
 
 // fail closes the connection once; its unanswered calls go back to the
 // pipeline.
 func (pc *pipeConn) fail(err error, timedOut bool) { pc.close(err, timedOut, false) }
-
-// failAnnounced closes the connection after an answer that said
-// Connection: close.
-func (pc *pipeConn) failAnnounced() { pc.close(errServerClosed, false, true) }
 
 func (pc *pipeConn) close(err error, timedOut, announced bool) {
 	pc.failOnce.Do(func() {
@@ -326,7 +333,11 @@ func (pc *pipeConn) close(err error, timedOut, announced bool) {
 		pc.inflight = nil
 		pc.mu.Unlock()
 		close(pc.quit)
-		pc.nc.Close()
+		if pc.nb != nil {
+			pc.nb.Close()
+		} else {
+			pc.nc.Close()
+		}
 		pc.p.lost(pc, calls, err, timedOut, announced)
 	})
 }

@@ -9,6 +9,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/loop"
 )
 
 // PipelineOptions configures a [Pipeline]. The zero value of every field
@@ -40,6 +44,10 @@ type PipelineOptions struct {
 	MaxBodyBytes int64
 	// Observer, if set, is told of each request.
 	Observer Observer
+	// Loop is the event loop plain (http) connections live on: best the
+	// gateway's own, so that a message goes from client to API and back on
+	// one poller. Default: a loop of the pipeline's own, with one poller.
+	Loop *loop.Loop
 }
 
 func (o PipelineOptions) withDefaults() PipelineOptions {
@@ -78,11 +86,13 @@ func (o PipelineOptions) withDefaults() PipelineOptions {
 // dropped. The callbacks run on a connection's reader goroutine, one after
 // another: the response and its body are valid only until done returns.
 type Pipeline struct {
-	opts PipelineOptions
-	host string // Host header
-	addr string // host:port to dial
-	base string // escaped base path, ending in '/'
-	tls  *tls.Config
+	opts    PipelineOptions
+	loop    *loop.Loop
+	ownLoop bool
+	host    string // Host header
+	addr    string // host:port to dial
+	base    string // escaped base path, ending in '/'
+	tls     *tls.Config
 
 	mu      sync.Mutex
 	conns   []*pipeConn
@@ -127,14 +137,24 @@ func NewPipeline(opts PipelineOptions) (*Pipeline, error) {
 	if u.Scheme == "https" {
 		p.tls = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
 	}
+	p.loop = opts.Loop
+	if p.loop == nil && p.tls == nil {
+		if p.loop, err = loop.New("ws2api-api", 1, 0); err != nil {
+			return nil, err
+		}
+		p.ownLoop = true
+	}
 	p.wg.Add(1)
 	go p.janitor()
 	return p, nil
 }
 
+var callPool = sync.Pool{New: func() any { return new(call) }}
+
 // Do implements [Client].
 func (p *Pipeline) Do(r *Request, done func(*Response, error)) {
-	c := &call{r: r, done: done, start: time.Now()}
+	c := callPool.Get().(*call)
+	*c = call{r: r, done: done, start: time.Now()}
 	if o := p.opts.Observer; o != nil {
 		o.Started(r.Method)
 	}
@@ -205,12 +225,16 @@ func (p *Pipeline) maybeDial() {
 
 func (p *Pipeline) dial() {
 	defer p.wg.Done()
+	var pc *pipeConn
 	nc, err := p.connect()
+	if err == nil {
+		pc, err = p.attach(nc)
+	}
 	p.mu.Lock()
 	p.dialing--
 	if err == nil && p.closed {
 		err = ErrClosed
-		nc.Close()
+		pc.fail(ErrClosed, false)
 	}
 	if err != nil {
 		// With no connection left to carry them, the waiting requests
@@ -226,7 +250,6 @@ func (p *Pipeline) dial() {
 		}
 		return
 	}
-	pc := newPipeConn(p, nc)
 	p.conns = append(p.conns, pc)
 	var take []*call
 	for len(p.waiting) > 0 && pc.load < p.opts.Depth {
@@ -240,10 +263,33 @@ func (p *Pipeline) dial() {
 	}
 	p.maybeDial()
 	p.mu.Unlock()
-	pc.start()
+	if pc.nc != nil {
+		pc.startGoroutines()
+	}
 	for _, c := range take {
 		pc.send(c)
 	}
+}
+
+// attach makes a pipeConn of a new connection: on the event loop if it is
+// plain, with goroutines of its own if it is TLS.
+func (p *Pipeline) attach(nc net.Conn) (*pipeConn, error) {
+	pc := newPipeConn(p)
+	if p.tls != nil {
+		pc.nc = nc
+		return pc, nil
+	}
+	nb, err := nbio.NBConn(nc)
+	if err != nil {
+		nc.Close()
+		return nil, err
+	}
+	pc.nb, pc.poller = nb, p.loop.PollerOf(nb)
+	if _, err := p.loop.Add(nb, pc); err != nil {
+		nb.Close()
+		return nil, err
+	}
+	return pc, nil
 }
 
 func (p *Pipeline) connect() (net.Conn, error) {
@@ -284,12 +330,15 @@ func (p *Pipeline) observeService(d time.Duration) {
 	p.service.Store(old + (int64(d)-old)/16)
 }
 
-// finish completes a call.
+// finish completes a call; nothing refers to it afterwards.
 func (p *Pipeline) finish(c *call, resp *Response, err error) {
 	if o := p.opts.Observer; o != nil {
 		o.Finished(c.r.Method, time.Since(c.start), Classify(resp, err) == Delivered)
 	}
-	c.done(resp, err)
+	done := c.done
+	*c = call{}
+	callPool.Put(c)
+	done(resp, err)
 }
 
 // answered is told by a connection that it has room again: waiting
@@ -418,4 +467,7 @@ func (p *Pipeline) Close() {
 		pc.fail(ErrClosed, false)
 	}
 	p.wg.Wait()
+	if p.ownLoop {
+		p.loop.Stop()
+	}
 }

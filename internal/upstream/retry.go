@@ -1,10 +1,7 @@
 package upstream
 
 import (
-	"errors"
-	"fmt"
 	"math/rand/v2"
-	"sync"
 	"time"
 )
 
@@ -42,109 +39,35 @@ func (b Backoff) Delay(attempt int) time.Duration {
 	return half + rand.N(d-half+1)
 }
 
-// ErrGaveUp wraps the last failure of a request that kept failing for
-// longer than the Retrier's GiveUpAfter.
-var ErrGaveUp = errors.New("gave up")
-
-// RetryOptions configures a [Retrier]. The zero value picks the defaults.
-type RetryOptions struct {
-	Backoff Backoff
-	// GiveUpAfter bounds how long a request keeps being retried from its
-	// first attempt. Default 5m.
-	GiveUpAfter time.Duration
-	// OnRetry, if set, is called before each retry (for metrics).
-	OnRetry func()
+// RetryPolicy says when a request that [Failed] is sent again: after a
+// backoff, until GiveUpAfter has passed since its first attempt. A request
+// the API answered (2xx or 4xx) is never sent again. The zero value picks
+// the defaults noted.
+//
+// The caller keeps the request and its place in line: the gateway retries
+// a connection's message while that connection's later messages wait
+// behind it, so nothing is lost or reordered while the API is away.
+type RetryPolicy struct {
+	Backoff     Backoff
+	GiveUpAfter time.Duration // default 5m
 }
 
-// Retrier is a [Client] that sends failed requests again: no answer, a
-// timeout or a 5xx is retried after a backoff until the API answers 2xx or
-// 4xx, or GiveUpAfter passes. A 2xx is never sent again. Each caller still
-// has one request in flight at a time, so a connection's later messages wait
-// behind the one being retried.
-type Retrier struct {
-	next Client
-	opts RetryOptions
-
-	mu      sync.Mutex
-	waiting map[*retry]struct{}
-	closed  bool
-}
-
-type retry struct {
-	r       *Request
-	done    func(*Response, error)
-	first   time.Time
-	attempt int
-	timer   *time.Timer
-}
-
-var _ Client = (*Retrier)(nil)
-
-// NewRetrier wraps next.
-func NewRetrier(next Client, opts RetryOptions) *Retrier {
-	opts.Backoff = opts.Backoff.withDefaults()
-	if opts.GiveUpAfter <= 0 {
-		opts.GiveUpAfter = 5 * time.Minute
+// WithDefaults fills in the defaults.
+func (p RetryPolicy) WithDefaults() RetryPolicy {
+	p.Backoff = p.Backoff.withDefaults()
+	if p.GiveUpAfter <= 0 {
+		p.GiveUpAfter = 5 * time.Minute
 	}
-	return &Retrier{next: next, opts: opts, waiting: map[*retry]struct{}{}}
+	return p
 }
 
-// Do implements [Client].
-func (rt *Retrier) Do(r *Request, done func(*Response, error)) {
-	rt.send(&retry{r: r, done: done, first: time.Now()})
-}
-
-func (rt *Retrier) send(x *retry) {
-	rt.next.Do(x.r, func(resp *Response, err error) { rt.answered(x, resp, err) })
-}
-
-func (rt *Retrier) answered(x *retry, resp *Response, err error) {
-	if Classify(resp, err) != Failed || errors.Is(err, ErrClosed) {
-		x.done(resp, err)
-		return
+// Next returns the wait before retry number attempt of a request first
+// sent at first, or false if the request should be given up: its next
+// attempt would come after GiveUpAfter.
+func (p RetryPolicy) Next(attempt int, first, now time.Time) (time.Duration, bool) {
+	wait := p.Backoff.Delay(attempt)
+	if now.Add(wait).Sub(first) > p.GiveUpAfter {
+		return 0, false
 	}
-	x.attempt++
-	wait := rt.opts.Backoff.Delay(x.attempt)
-	if time.Since(x.first)+wait > rt.opts.GiveUpAfter {
-		if err == nil {
-			err = fmt.Errorf("api answered %d", resp.Status)
-		}
-		x.done(resp, fmt.Errorf("%w after %d attempts: %w", ErrGaveUp, x.attempt, err))
-		return
-	}
-	rt.mu.Lock()
-	if rt.closed {
-		rt.mu.Unlock()
-		x.done(nil, ErrClosed)
-		return
-	}
-	rt.waiting[x] = struct{}{}
-	x.timer = time.AfterFunc(wait, func() {
-		rt.mu.Lock()
-		_, ok := rt.waiting[x]
-		delete(rt.waiting, x)
-		rt.mu.Unlock()
-		if ok {
-			if rt.opts.OnRetry != nil {
-				rt.opts.OnRetry()
-			}
-			rt.send(x)
-		}
-	})
-	rt.mu.Unlock()
-}
-
-// Close fails every request waiting for a retry with [ErrClosed] and closes
-// the wrapped client.
-func (rt *Retrier) Close() {
-	rt.mu.Lock()
-	rt.closed = true
-	waiting := rt.waiting
-	rt.waiting = map[*retry]struct{}{}
-	rt.mu.Unlock()
-	for x := range waiting {
-		x.timer.Stop()
-		x.done(nil, ErrClosed)
-	}
-	rt.next.Close()
+	return wait, true
 }

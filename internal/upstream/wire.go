@@ -61,6 +61,7 @@ type respHead struct {
 	untilEOF bool // the body runs to the end of the connection
 	headLen  int
 	header   []Header // all headers (keepAll) or just Content-Type
+	lastCT   string   // the last Content-Type seen, to reuse its string
 }
 
 // parseHead parses the response head at the start of b into h (its header
@@ -75,7 +76,7 @@ func parseHead(b []byte, keepAll bool, h *respHead) (bool, error) {
 		}
 		return false, nil
 	}
-	*h = respHead{length: -1, headLen: end + 4, header: h.header[:0]}
+	*h = respHead{length: -1, headLen: end + 4, header: h.header[:0], lastCT: h.lastCT}
 	line, rest, _ := bytes.Cut(b[:end], []byte("\r\n"))
 	// HTTP/1.x SSS reason
 	if len(line) < 12 || !bytes.HasPrefix(line, []byte("HTTP/1.")) || line[8] != ' ' {
@@ -117,7 +118,15 @@ func parseHead(b []byte, keepAll bool, h *respHead) (bool, error) {
 				keepAlive = true
 			}
 		}
-		if keepAll || equalFold(name, "Content-Type") {
+		switch {
+		case equalFold(name, "Content-Type"):
+			// Answers of one API mostly carry the same type: keep its
+			// string rather than make a new one each time.
+			if string(value) != h.lastCT {
+				h.lastCT = string(value)
+			}
+			h.header = append(h.header, Header{Name: "Content-Type", Value: h.lastCT})
+		case keepAll:
 			h.header = append(h.header, Header{Name: string(name), Value: string(value)})
 		}
 	}

@@ -148,3 +148,45 @@ func FuzzResponseParser(f *testing.F) {
 		}
 	})
 }
+
+// Encoding a message's POST and parsing its answer allocate nothing once
+// the buffers are warm.
+func TestWireAllocatesNothing(t *testing.T) {
+	r := &Request{Method: "POST", Path: "CP1", ContentType: "text/plain; charset=utf-8", Body: []byte(`[2,"1","Heartbeat",{}]`),
+		Header: []Header{{"X-Ws2api-Connection-Id", "a1b2c3d4-1"}}}
+	answer := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\nDate: Sun, 22 Nov 2026 06:00:00 GMT\r\n\r\n[3,\"1\",{}]\r\n")
+	var out []byte
+	var h respHead
+	round := func() {
+		out = appendRequest(out[:0], r, "api:8000", "/")
+		ok, err := parseHead(answer, false, &h)
+		if !ok || err != nil || h.length != 12 || len(h.header) != 1 {
+			t.Fatalf("parse: %v %v %+v", ok, err, h)
+		}
+	}
+	round()
+	if allocs := testing.AllocsPerRun(1000, round); allocs > 0 {
+		t.Fatalf("%.1f allocations per request and answer", allocs)
+	}
+}
+
+func BenchmarkRequestEncode(b *testing.B) {
+	r := &Request{Method: "POST", Path: "CP1", ContentType: "text/plain; charset=utf-8", Body: []byte(`[2,"1","Heartbeat",{}]`),
+		Header: []Header{{"X-Ws2api-Connection-Id", "a1b2c3d4-1"}}}
+	var out []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		out = appendRequest(out[:0], r, "api:8000", "/")
+	}
+}
+
+func BenchmarkResponseParse(b *testing.B) {
+	answer := []byte("HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: 12\r\nDate: Sun, 22 Nov 2026 06:00:00 GMT\r\n\r\n[3,\"1\",{}]\r\n")
+	var h respHead
+	b.ReportAllocs()
+	for b.Loop() {
+		if ok, err := parseHead(answer, false, &h); !ok || err != nil {
+			b.Fatal(err)
+		}
+	}
+}

@@ -222,3 +222,25 @@ func FuzzReader(f *testing.F) {
 }
 
 func validUTF8(b []byte) bool { return utf8.Valid(b) }
+
+func BenchmarkReadMaskedFrame(b *testing.B) {
+	wire := AppendFrame(nil, OpText, []byte(`[2,"19223201","Heartbeat",{}]`), &testKey)
+	frame := make([]byte, len(wire))
+	var r Reader
+	b.ReportAllocs()
+	for b.Loop() {
+		copy(frame, wire)
+		if _, n, err := r.Next(frame, Server, 1<<20); err != nil || n != len(frame) {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkWriteFrame(b *testing.B) {
+	payload := []byte(`[3,"19223201",{"currentTime":"2026-11-22T06:00:00Z"}]`)
+	var out []byte
+	b.ReportAllocs()
+	for b.Loop() {
+		out = AppendFrame(out[:0], OpText, payload, nil)
+	}
+}

@@ -1,0 +1,262 @@
+// Package loop owns the event loop that every socket of a ws2api node runs
+// on: nbio's non-blocking engine, shared by the clients' connections and
+// the connections to the API, so that a message can go from a client to the
+// API and back without a goroutine switch.
+//
+// Each connection has a [Handler]; the loop calls it with what its socket
+// delivered and when it closed, on the poller goroutine that owns the
+// socket. [Loop.Later] runs a task on a poller's next turn: work gathered
+// while the poller handled one batch of ready sockets (requests for the
+// API, say) is then done once for the whole batch.
+package loop
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"runtime"
+	"sync"
+	"syscall"
+
+	"github.com/lesismal/nbio"
+)
+
+// Handler receives one connection's events, on its poller goroutine. It
+// must never block.
+type Handler interface {
+	OnData(c *nbio.Conn, data []byte)
+	OnClose(c *nbio.Conn, err error)
+}
+
+// Task is work for [Loop.Later].
+type Task interface {
+	RunLater()
+}
+
+// Loop is an nbio engine with per-connection handlers.
+type Loop struct {
+	engine *nbio.Engine
+	later  []*trigger // by poller
+
+	mu     sync.Mutex
+	accept func(*nbio.Conn) Handler
+}
+
+// New starts an engine with the given number of pollers (0: one per CPU).
+// maxWriteBuffer bounds the bytes nbio holds for one connection that the
+// kernel would not take (0: no bound): past it the connection is closed
+// with nbio.ErrOverflow.
+func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
+	if pollers <= 0 {
+		pollers = runtime.NumCPU()
+	}
+	setNBIOLogger()
+	l := &Loop{}
+	l.engine = nbio.NewEngine(nbio.Config{Name: name, NPoller: pollers, MaxWriteBufferSize: maxWriteBuffer})
+	l.engine.OnOpen(l.onOpen)
+	l.engine.OnData(func(c *nbio.Conn, data []byte) {
+		if h, ok := c.Session().(Handler); ok {
+			h.OnData(c, data)
+		}
+	})
+	l.engine.OnClose(func(c *nbio.Conn, err error) {
+		if h, ok := c.Session().(Handler); ok {
+			h.OnClose(c, err)
+		}
+	})
+	if err := l.engine.Start(); err != nil {
+		return nil, fmt.Errorf("event loop: %w", err)
+	}
+	if err := l.startTriggers(); err != nil {
+		l.engine.Stop()
+		return nil, err
+	}
+	return l, nil
+}
+
+// OnAccept sets what gives an accepted connection its handler; call it
+// before handing the loop accepted connections.
+func (l *Loop) OnAccept(f func(*nbio.Conn) Handler) {
+	l.mu.Lock()
+	l.accept = f
+	l.mu.Unlock()
+}
+
+func (l *Loop) onOpen(c *nbio.Conn) {
+	if c.Session() != nil {
+		return // added by Add, with its handler
+	}
+	l.mu.Lock()
+	accept := l.accept
+	l.mu.Unlock()
+	if accept == nil {
+		return
+	}
+	if h := accept(c); h != nil {
+		c.SetSession(h)
+	}
+}
+
+// Add hands conn to the loop with its handler; conn must not be used
+// otherwise afterwards.
+func (l *Loop) Add(conn net.Conn, h Handler) (*nbio.Conn, error) {
+	nc, err := nbio.NBConn(conn)
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	nc.SetSession(h)
+	if _, err := l.engine.AddConn(nc); err != nil {
+		return nil, err
+	}
+	return nc, nil
+}
+
+// AddAccepted hands an accepted connection to the loop; accept gives it
+// its handler.
+func (l *Loop) AddAccepted(conn net.Conn) error {
+	_, err := l.engine.AddConn(conn)
+	return err
+}
+
+// Pollers is the number of poller goroutines.
+func (l *Loop) Pollers() int { return len(l.later) }
+
+// PollerOf returns the index of the poller that owns c.
+func (l *Loop) PollerOf(c *nbio.Conn) int { return c.Hash() % len(l.later) }
+
+// Later runs t on poller p's next turn (at once if p is idle). Tasks
+// queued during one turn run together on the next.
+func (l *Loop) Later(p int, t Task) { l.later[p%len(l.later)].add(t) }
+
+// Stop closes every connection and stops the pollers.
+func (l *Loop) Stop() {
+	l.engine.Stop()
+	closed := map[*trigger]bool{}
+	for _, t := range l.later {
+		if t != nil && !closed[t] {
+			closed[t] = true
+			syscall.Close(t.w)
+		}
+	}
+}
+
+// trigger is one poller's queue of tasks for its next turn: a socketpair
+// whose reading end lives on that poller. Queuing the first task writes a
+// byte to it; the poller reads the byte on its next turn and runs the
+// tasks.
+type trigger struct {
+	w     int // writing end
+	mu    sync.Mutex
+	tasks []Task
+	spare []Task
+	armed bool
+}
+
+func (t *trigger) add(task Task) {
+	t.mu.Lock()
+	t.tasks = append(t.tasks, task)
+	arm := !t.armed
+	t.armed = true
+	t.mu.Unlock()
+	if arm {
+		for {
+			_, err := syscall.Write(t.w, []byte{1})
+			if !errors.Is(err, syscall.EINTR) {
+				break // EAGAIN: bytes are already waiting, the poller will run
+			}
+		}
+	}
+}
+
+// OnData runs the queued tasks.
+func (t *trigger) OnData(_ *nbio.Conn, _ []byte) {
+	t.mu.Lock()
+	tasks := t.tasks
+	t.tasks, t.spare = t.spare[:0], nil
+	t.armed = false
+	t.mu.Unlock()
+	for i, task := range tasks {
+		task.RunLater()
+		tasks[i] = nil
+	}
+	t.mu.Lock()
+	if t.spare == nil && cap(tasks) <= 4096 {
+		t.spare = tasks[:0]
+	}
+	t.mu.Unlock()
+}
+
+// OnClose implements Handler.
+func (t *trigger) OnClose(*nbio.Conn, error) {}
+
+// startTriggers gives every poller a trigger. nbio places a connection on
+// poller fd % pollers, so socketpairs are made until each poller has one,
+// within a few tries: a poller left without one borrows another's (its
+// tasks then run on that poller, which is correct, only less local).
+func (l *Loop) startTriggers() error {
+	n := l.engine.NPoller
+	l.later = make([]*trigger, n)
+	var extra []*nbio.Conn
+	defer func() {
+		for _, c := range extra {
+			c.Close()
+		}
+	}()
+	found := 0
+	for tries := 0; found < n && tries < 4*n; tries++ {
+		t, nc, err := l.newTrigger()
+		if err != nil {
+			if found == 0 {
+				return err
+			}
+			break
+		}
+		p := nc.Hash() % n
+		if l.later[p] != nil {
+			extra = append(extra, nc) // keeps its descriptor taken: the next one differs
+			syscall.Close(t.w)
+			continue
+		}
+		l.later[p] = t
+		found++
+	}
+	if found == 0 {
+		return errors.New("event loop: no trigger")
+	}
+	var some *trigger
+	for _, t := range l.later {
+		if t != nil {
+			some = t
+			break
+		}
+	}
+	for i := range l.later {
+		if l.later[i] == nil {
+			l.later[i] = some
+		}
+	}
+	return nil
+}
+
+func (l *Loop) newTrigger() (*trigger, *nbio.Conn, error) {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return nil, nil, fmt.Errorf("event loop trigger: %w", err)
+	}
+	f := os.NewFile(uintptr(fds[1]), "trigger")
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		syscall.Close(fds[0])
+		return nil, nil, fmt.Errorf("event loop trigger: %w", err)
+	}
+	t := &trigger{w: fds[0]}
+	nc, err := l.Add(conn, t)
+	if err != nil {
+		syscall.Close(fds[0])
+		return nil, nil, fmt.Errorf("event loop trigger: %w", err)
+	}
+	return t, nc, nil
+}
