@@ -21,6 +21,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/ws2api/ws2api/internal/testkit"
+	"github.com/ws2api/ws2api/internal/testkit/race"
 )
 
 // binary is the ws2api built once for the tests that run it as a process.
@@ -34,7 +35,7 @@ func TestMain(m *testing.M) {
 	}
 	binary = filepath.Join(dir, "ws2api")
 	build := exec.Command("go", "build", "-race", "-o", binary, ".")
-	if !raceEnabled {
+	if !race.Enabled {
 		build = exec.Command("go", "build", "-o", binary, ".")
 	}
 	build.Stderr = os.Stderr

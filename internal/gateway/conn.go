@@ -9,6 +9,7 @@ import (
 
 	"github.com/lesismal/nbio"
 
+	"github.com/ws2api/ws2api/internal/http1"
 	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
@@ -120,7 +121,7 @@ func (c *conn) OnData(_ *nbio.Conn, data []byte) {
 func (c *conn) readHead(data []byte) {
 	s := c.s
 	c.in = append(c.in, data...)
-	n := headEnd(c.in)
+	n := http1.HeadEnd(c.in)
 	if n < 0 && len(c.in) <= s.opts.MaxHeaderBytes {
 		return
 	}
@@ -227,7 +228,7 @@ func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, pro
 		return &reject{status: 502, text: "the API chose subprotocol " + quote(protocol) + ", which the client did not offer"}, "", nil
 	}
 	for _, h := range resp.Header {
-		name := upstream.CanonicalName(h.Name)
+		name := http1.CanonicalName(h.Name)
 		if len(name) > len(HeaderMetaPrefix) && name[:len(HeaderMetaPrefix)] == HeaderMetaPrefix {
 			meta = append(meta, upstream.Header{Name: name, Value: h.Value})
 		}

@@ -30,6 +30,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/http1"
 	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
@@ -120,11 +121,11 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	fwd := make([]string, 0, len(o.ForwardHeaders))
 	for _, h := range o.ForwardHeaders {
-		h = upstream.CanonicalName(strings.TrimSpace(h))
+		h = http1.CanonicalName(strings.TrimSpace(h))
 		if h == "" {
 			continue
 		}
-		if !validToken(h) {
+		if !http1.ValidToken(h) {
 			return o, fmt.Errorf("gateway: forwarded header %q is not a valid header name", h)
 		}
 		if strings.HasPrefix(h, "X-Ws2api-") {

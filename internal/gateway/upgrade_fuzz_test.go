@@ -4,6 +4,8 @@ import (
 	"net/url"
 	"strings"
 	"testing"
+
+	"github.com/ws2api/ws2api/internal/http1"
 )
 
 func FuzzValidID(f *testing.F) {
@@ -45,7 +47,7 @@ func FuzzParseUpgrade(f *testing.F) {
 	s := &Server{}
 	s.opts.ForwardHeaders = append(DefaultForwardHeaders, "X-Custom")
 	f.Fuzz(func(t *testing.T, b []byte) {
-		n := headEnd(b)
+		n := http1.HeadEnd(b)
 		if n < 0 {
 			return
 		}
@@ -64,7 +66,7 @@ func FuzzParseUpgrade(f *testing.F) {
 		}
 		var xff string
 		for _, h := range hs.header {
-			if !validToken(h.Name) || !validFieldValue(h.Value) {
+			if !http1.ValidToken(h.Name) || !http1.ValidFieldValue(h.Value) {
 				t.Fatalf("malformed header forwarded: %q: %q", h.Name, h.Value)
 			}
 			if strings.HasPrefix(h.Name, "X-Ws2api-") && h.Name != HeaderConnectionID {
@@ -80,7 +82,7 @@ func FuzzParseUpgrade(f *testing.F) {
 		if !strings.HasSuffix(xff, "192.0.2.1") {
 			t.Fatalf("X-Forwarded-For %q does not end with the client address", xff)
 		}
-		if !validFieldValue(hs.query) || strings.ContainsAny(hs.query, "# \t") {
+		if !http1.ValidFieldValue(hs.query) || strings.ContainsAny(hs.query, "# \t") {
 			t.Fatalf("query %q", hs.query)
 		}
 	})

@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/http1"
 )
 
 // pipeConn is one connection of a [Pipeline]. Requests are encoded into out
@@ -297,7 +299,7 @@ func (pc *pipeConn) age(now time.Time) (oldest, idle time.Duration) {
 
 // deliver completes the oldest call with an answer. The response is only
 // valid until done returns.
-func (pc *pipeConn) deliver(c *call, h *respHead, body []byte, truncated bool) {
+func (pc *pipeConn) deliver(c *call, h *http1.ResponseHead, body []byte, truncated bool) {
 	answered := time.Now()
 	prev := pc.lastUsed // only the reader writes lastUsed
 	if pc.pop() != c {
@@ -315,7 +317,7 @@ func (pc *pipeConn) deliver(c *call, h *respHead, body []byte, truncated bool) {
 		body = nil
 	}
 	// One Response per connection, reused: done may not keep it.
-	pc.rd.resp = Response{Status: h.status, Header: h.header, Body: body, Truncated: truncated}
+	pc.rd.resp = Response{Status: h.Status, Header: h.Header, Body: body, Truncated: truncated}
 	pc.p.finish(c, &pc.rd.resp, nil)
 }
 

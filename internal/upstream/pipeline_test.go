@@ -104,7 +104,7 @@ func TestPipelineGETKeepsEveryHeaderAndTheQuery(t *testing.T) {
 		fmt.Fprint(w, r.URL.RawQuery+" "+r.Header.Get("Origin"))
 	})
 	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL})
-	r := do(p, &Request{Method: "GET", Path: "CP1", Query: "x=1", Header: []Header{{"Origin", "https://o"}}})
+	r := do(p, &Request{Method: "GET", Path: "CP1", Query: "x=1", Header: []Header{{Name: "Origin", Value: "https://o"}}})
 	if r.err != nil || r.body != "x=1 https://o" {
 		t.Fatalf("%+v", r)
 	}

@@ -3,6 +3,8 @@ package upstream
 import (
 	"errors"
 	"fmt"
+
+	"github.com/ws2api/ws2api/internal/http1"
 )
 
 // errAnnounced ends a connection after an answer that said
@@ -14,7 +16,7 @@ var errAnnounced = errors.New("connection: close")
 // what arrived is handed on without a copy.
 type respReader struct {
 	buf     []byte // bytes of an incomplete answer
-	h       respHead
+	h       http1.ResponseHead
 	chunked []byte // a dechunked body
 	skip    int    // bytes of an oversized body still to discard
 	resp    Response
@@ -39,7 +41,7 @@ func (r *respReader) feed(pc *pipeConn, data []byte) error {
 			continue
 		}
 		c := pc.front()
-		ok, perr := parseHead(buf, c != nil && c.r.Method == "GET", &r.h)
+		ok, perr := http1.ParseResponseHead(buf, c != nil && c.r.Method == "GET", &r.h)
 		if perr != nil {
 			err = perr
 			break
@@ -49,19 +51,19 @@ func (r *respReader) feed(pc *pipeConn, data []byte) error {
 		}
 		h := &r.h
 		if c == nil {
-			err = fmt.Errorf("%w: an answer with no request", errMalformed)
+			err = fmt.Errorf("%w: an answer with no request", http1.ErrMalformed)
 			break
 		}
-		if h.status < 200 {
-			buf = buf[h.headLen:] // 100 Continue and the like
+		if h.Status < 200 {
+			buf = buf[h.HeadLen:] // 100 Continue and the like
 			continue
 		}
-		rest := buf[h.headLen:]
+		rest := buf[h.HeadLen:]
 		var body []byte
 		truncated := false
 		switch {
-		case h.chunked:
-			size, wire, cerr := chunkedEnd(rest)
+		case h.Chunked:
+			size, wire, cerr := http1.ChunkedEnd(rest)
 			if cerr != nil {
 				err = cerr
 				goto keep
@@ -72,25 +74,25 @@ func (r *respReader) feed(pc *pipeConn, data []byte) error {
 			if size > maxBody {
 				truncated = true
 			} else {
-				r.chunked = dechunk(r.chunked[:0], rest[:wire])
+				r.chunked = http1.Dechunk(r.chunked[:0], rest[:wire])
 				body = r.chunked
 			}
 			buf = rest[wire:]
-		case h.untilEOF:
+		case h.UntilEOF:
 			goto keep // complete at the end of the connection
-		case h.length > maxBody:
+		case h.Length > maxBody:
 			truncated = true
-			r.skip = h.length
+			r.skip = h.Length
 			buf = rest
 		default:
-			if len(rest) < h.length {
+			if len(rest) < h.Length {
 				goto keep
 			}
-			body = rest[:h.length]
-			buf = rest[h.length:]
+			body = rest[:h.Length]
+			buf = rest[h.Length:]
 		}
 		pc.deliver(c, h, body, truncated)
-		if h.close {
+		if h.Close {
 			err = errAnnounced
 			break
 		}
@@ -112,8 +114,8 @@ keep:
 	default:
 		r.buf = append(r.buf[:0], buf...)
 	}
-	if len(r.buf) > maxBody+maxHeadBytes+64 {
-		return fmt.Errorf("%w: answer larger than the body limit", errMalformed)
+	if len(r.buf) > maxBody+http1.MaxHeadBytes+64 {
+		return fmt.Errorf("%w: answer larger than the body limit", http1.ErrMalformed)
 	}
 	return nil
 }
@@ -127,11 +129,11 @@ func (r *respReader) eof(pc *pipeConn) {
 	if c == nil {
 		return
 	}
-	ok, err := parseHead(r.buf, c.r.Method == "GET", &r.h)
-	if err != nil || !ok || !r.h.untilEOF {
+	ok, err := http1.ParseResponseHead(r.buf, c.r.Method == "GET", &r.h)
+	if err != nil || !ok || !r.h.UntilEOF {
 		return
 	}
-	body := r.buf[r.h.headLen:]
+	body := r.buf[r.h.HeadLen:]
 	pc.deliver(c, &r.h, body, len(body) > int(pc.p.opts.MaxBodyBytes))
 	r.buf = nil
 }

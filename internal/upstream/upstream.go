@@ -13,17 +13,15 @@ import (
 	"errors"
 	"fmt"
 	"net"
-	"net/textproto"
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/ws2api/ws2api/internal/http1"
 )
 
-// Header is one request or response header. Requests carry a short list of
-// them rather than an http.Header map, so that building one is cheap.
-type Header struct {
-	Name, Value string
-}
+// Header is one request or response header.
+type Header = http1.Header
 
 // Request is one request to the API.
 type Request struct {
@@ -131,9 +129,6 @@ var ErrTimeout = errors.New("api timeout")
 
 // ErrClosed is returned for requests made after Close.
 var ErrClosed = errors.New("upstream client closed")
-
-// CanonicalName returns the canonical form of a header name.
-func CanonicalName(name string) string { return textproto.CanonicalMIMEHeaderKey(name) }
 
 // ParseBaseURL checks an API base URL: http or https, a host, no query or
 // fragment. The path gets a final '/' so that ids append cleanly.
