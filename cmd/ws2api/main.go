@@ -9,7 +9,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/http"
 	"os"
 	"os/signal"
 	"runtime"
@@ -140,13 +139,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		gw.Shutdown(context.Background())
 		return fmt.Errorf("control listener: %w", err)
 	}
-	ctl := &http.Server{
-		Handler: control.New(control.Options{
-			Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage),
-		}),
-		ReadHeaderTimeout: 10 * time.Second,
-		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelWarn),
-	}
+	ctl := control.NewServer(lp, control.New(control.Options{
+		Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage),
+	}))
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- ctl.Serve(controlLn) }()
 	gwDone := make(chan error, 1)
@@ -173,9 +168,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	} else {
 		log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	}
-	ctlCtx, cancelCtl := context.WithTimeout(context.Background(), time.Second)
-	defer cancelCtl()
-	_ = ctl.Shutdown(ctlCtx)
+	_ = ctl.Close()
 	return runErr
 }
 

@@ -28,6 +28,8 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio/logging"
+
+	"github.com/ws2api/ws2api/internal/upstream"
 )
 
 // Main is `ws2api bench [api|worker] [flags]`.
@@ -534,48 +536,39 @@ type pushCounter struct {
 }
 
 func (p *pushCounter) run(ctx context.Context, o Options, conns func() int) {
-	client := &http.Client{Transport: &http.Transport{MaxIdleConnsPerHost: 64}, Timeout: 10 * time.Second}
-	jobs := make(chan int, 1024)
-	var wg sync.WaitGroup
-	for range 16 {
-		wg.Go(func() {
-			for g := range jobs {
-				body := "p" + strconv.FormatInt(time.Now().UnixNano(), 10) + " push"
-				resp, err := client.Post(o.Control+"/"+o.Prefix+strconv.Itoa(g), "text/plain", strings.NewReader(body))
-				if err != nil {
-					p.failed.Add(1)
-					continue
-				}
-				_, _ = io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					p.failed.Add(1)
-					continue
-				}
-				p.sent.Add(1)
-			}
-		})
+	// Pushes go the way an efficient API sends them: a few keep-alive
+	// connections, several requests in flight on each.
+	client, err := upstream.NewPipeline(upstream.PipelineOptions{BaseURL: o.Control + "/", MaxConns: 4, Depth: 64, Timeout: 10 * time.Second})
+	if err != nil {
+		p.failed.Add(1)
+		return
 	}
+	defer client.Close()
+	var inflight sync.WaitGroup
 	every := time.Second / time.Duration(o.PushRate)
 	next := time.Now()
-loop:
-	for {
+	for ctx.Err() == nil {
 		next = next.Add(every)
 		if d := time.Until(next); d > 0 {
 			select {
 			case <-ctx.Done():
-				break loop
 			case <-time.After(d):
 			}
 		}
-		select {
-		case jobs <- rand.IntN(max(1, conns())):
-		case <-ctx.Done():
-			break loop
-		}
+		g := rand.IntN(max(1, conns()))
+		req := &upstream.Request{Method: "POST", Path: o.Prefix + strconv.Itoa(g), ContentType: "text/plain",
+			Body: []byte("p" + strconv.FormatInt(time.Now().UnixNano(), 10) + " push")}
+		inflight.Add(1)
+		client.Do(req, func(resp *upstream.Response, err error) {
+			defer inflight.Done()
+			if err != nil || resp.Status != 200 {
+				p.failed.Add(1)
+				return
+			}
+			p.sent.Add(1)
+		})
 	}
-	close(jobs)
-	wg.Wait()
+	inflight.Wait()
 }
 
 func startLocal(ctx context.Context, cfg workerConfig, index int) (*handle, error) {

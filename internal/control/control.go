@@ -2,6 +2,10 @@
 // clients: push to one id, look one up or close it, broadcast to all, plus
 // /metrics, /healthz and /debug/pprof/. It must never be reachable by
 // clients: anyone who can reach it can write to every connection.
+//
+// Each endpoint's answer is computed once, as a result; [Server] writes
+// the frequent ones straight from the event loop, and [Handler] is the
+// same API as an http.Handler for everything else.
 package control
 
 import (
@@ -11,6 +15,7 @@ import (
 	"log/slog"
 	"net/http"
 	"net/http/pprof"
+	"net/url"
 	"strconv"
 	"strings"
 	"unicode/utf8"
@@ -41,7 +46,7 @@ type Options struct {
 	MaxBodyBytes int64
 }
 
-// Handler is the control listener's http.Handler.
+// Handler is the control API as an http.Handler.
 type Handler struct {
 	opts Options
 	mux  *http.ServeMux
@@ -59,7 +64,7 @@ func New(opts Options) *Handler {
 	}
 	h := &Handler{opts: opts, mux: http.NewServeMux()}
 	h.mux.HandleFunc("GET /metrics", h.metrics)
-	h.mux.HandleFunc("GET /healthz", h.healthz)
+	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { h.healthz().write(w) })
 	h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
 	h.mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
 	h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
@@ -73,125 +78,174 @@ func New(opts Options) *Handler {
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
 
+// result is an answer before it is written, by net/http or by the
+// event-loop server.
+type result struct {
+	status int
+	ctype  string // default text/plain; charset=utf-8
+	body   []byte
+	allow  string // the Allow header of a 405
+}
+
+func text(status int, msg string) result { return result{status: status, body: []byte(msg)} }
+
+var (
+	resultOK       = text(http.StatusOK, "ok")
+	resultNotFound = text(http.StatusNotFound, "not found")
+)
+
+func (r result) contentType() string {
+	if r.ctype == "" {
+		return "text/plain; charset=utf-8"
+	}
+	return r.ctype
+}
+
+func (r result) write(w http.ResponseWriter) {
+	w.Header().Set("Content-Type", r.contentType())
+	if r.allow != "" {
+		w.Header().Set("Allow", r.allow)
+	}
+	w.WriteHeader(r.status)
+	_, _ = w.Write(r.body)
+}
+
 func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	h.opts.Metrics.WritePrometheus(w)
 }
 
-func (h *Handler) healthz(w http.ResponseWriter, _ *http.Request) {
+func (h *Handler) healthz() result {
 	if h.opts.Hub.Draining() {
-		text(w, http.StatusServiceUnavailable, "draining")
-		return
+		return text(http.StatusServiceUnavailable, "draining")
 	}
-	text(w, http.StatusOK, "ok")
+	return resultOK
 }
 
-// client serves /<id>: POST pushes, GET describes, DELETE closes.
+// client serves /<id> through net/http.
 func (h *Handler) client(w http.ResponseWriter, r *http.Request) {
+	var body []byte
+	if r.Method == http.MethodPost {
+		var err error
+		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+		var tooBig *http.MaxBytesError
+		switch {
+		case errors.As(err, &tooBig):
+			h.tooLarge().write(w)
+			return
+		case err != nil:
+			text(http.StatusBadRequest, "reading the body: "+err.Error()).write(w)
+			return
+		}
+	}
 	id := strings.TrimPrefix(r.URL.EscapedPath(), "/")
-	if err := gateway.ValidID(id); err != nil {
-		text(w, http.StatusBadRequest, "bad client id: "+err.Error())
-		return
-	}
-	switch r.Method {
-	case http.MethodPost:
-		h.push(w, r, id)
-	case http.MethodGet:
-		h.info(w, id)
-	case http.MethodDelete:
-		h.kick(w, r, id)
-	default:
-		w.Header().Set("Allow", "GET, POST, DELETE")
-		text(w, http.StatusMethodNotAllowed, "method not allowed: use POST to push, GET to look up, DELETE to close")
-	}
+	h.clientResult(r.Method, id, r.URL.RawQuery, r.Header.Get("Content-Type"), body).write(w)
 }
 
-func (h *Handler) push(w http.ResponseWriter, r *http.Request, id string) {
-	binary, body, ok := h.readMessage(w, r)
-	if !ok {
-		return
+func (h *Handler) tooLarge() result { return text(http.StatusRequestEntityTooLarge, h.tooLargeText()) }
+
+func (h *Handler) tooLargeText() string {
+	return "message larger than " + strconv.FormatInt(h.opts.MaxBodyBytes, 10) + " bytes"
+}
+
+// clientResult answers /<id>: POST pushes, GET describes, DELETE closes.
+func (h *Handler) clientResult(method, id, rawQuery, contentType string, body []byte) result {
+	if err := gateway.ValidID(id); err != nil {
+		return text(http.StatusBadRequest, "bad client id: "+err.Error())
+	}
+	switch method {
+	case http.MethodPost:
+		return h.push(id, contentType, body)
+	case http.MethodGet:
+		return h.info(id)
+	case http.MethodDelete:
+		return h.kick(id, rawQuery)
+	}
+	r := text(http.StatusMethodNotAllowed, "method not allowed: use POST to push, GET to look up, DELETE to close")
+	r.allow = "GET, POST, DELETE"
+	return r
+}
+
+func (h *Handler) push(id, contentType string, body []byte) result {
+	binary, bad := messageKind(contentType, body)
+	if bad != nil {
+		return *bad
 	}
 	switch err := h.opts.Hub.Push(id, binary, body); {
 	case errors.Is(err, gateway.ErrNotConnected):
-		text(w, http.StatusNotFound, "not found")
+		return resultNotFound
 	case err != nil:
-		text(w, http.StatusInternalServerError, err.Error())
-	default:
-		text(w, http.StatusOK, "ok")
+		return text(http.StatusInternalServerError, err.Error())
 	}
+	return resultOK
 }
 
-func (h *Handler) info(w http.ResponseWriter, id string) {
+func (h *Handler) info(id string) result {
 	info, err := h.opts.Hub.Info(id)
 	if errors.Is(err, gateway.ErrNotConnected) {
-		text(w, http.StatusNotFound, "not found")
-		return
+		return resultNotFound
 	}
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(info)
+	b, _ := json.Marshal(info)
+	return result{status: http.StatusOK, ctype: "application/json", body: append(b, '\n')}
 }
 
-func (h *Handler) kick(w http.ResponseWriter, r *http.Request, id string) {
-	q := r.URL.Query()
+func (h *Handler) kick(id, rawQuery string) result {
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return text(http.StatusBadRequest, "malformed query: "+err.Error())
+	}
 	code := ws.CloseNormal
 	if s := q.Get("code"); s != "" {
 		n, err := strconv.Atoi(s)
 		if err != nil || !(n == ws.CloseNormal || n >= 3000 && n <= 4999) {
-			text(w, http.StatusBadRequest, "bad close code "+strconv.Quote(s)+": use 1000 or 3000-4999")
-			return
+			return text(http.StatusBadRequest, "bad close code "+strconv.Quote(s)+": use 1000 or 3000-4999")
 		}
 		code = n
 	}
 	reason := q.Get("reason")
-	if len(reason) > ws.MaxControlPayload-2 {
-		text(w, http.StatusBadRequest, "close reason longer than 123 bytes")
-		return
-	}
-	if !utf8.ValidString(reason) {
-		text(w, http.StatusBadRequest, "close reason is not valid UTF-8")
-		return
+	switch {
+	case len(reason) > ws.MaxControlPayload-2:
+		return text(http.StatusBadRequest, "close reason longer than 123 bytes")
+	case !utf8.ValidString(reason):
+		return text(http.StatusBadRequest, "close reason is not valid UTF-8")
 	}
 	if err := h.opts.Hub.Kick(id, code, reason); errors.Is(err, gateway.ErrNotConnected) {
-		text(w, http.StatusNotFound, "not found")
-		return
+		return resultNotFound
 	}
-	text(w, http.StatusOK, "ok")
+	return resultOK
 }
 
 func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
-	binary, body, ok := h.readMessage(w, r)
-	if !ok {
-		return
-	}
-	n := h.opts.Hub.Broadcast(binary, body)
-	w.Header().Set("Content-Type", "application/json")
-	_ = json.NewEncoder(w).Encode(map[string]int{"delivered": n})
-}
-
-// readMessage reads a pushed message: binary when the Content-Type is
-// application/octet-stream, else text, which must be UTF-8.
-func (h *Handler) readMessage(w http.ResponseWriter, r *http.Request) (binary bool, body []byte, ok bool) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
 	var tooBig *http.MaxBytesError
 	switch {
 	case errors.As(err, &tooBig):
-		text(w, http.StatusRequestEntityTooLarge, "message larger than "+strconv.FormatInt(h.opts.MaxBodyBytes, 10)+" bytes")
-		return false, nil, false
+		h.tooLarge().write(w)
+		return
 	case err != nil:
-		text(w, http.StatusBadRequest, "reading the body: "+err.Error())
-		return false, nil, false
+		text(http.StatusBadRequest, "reading the body: "+err.Error()).write(w)
+		return
 	}
-	ct, _, _ := strings.Cut(r.Header.Get("Content-Type"), ";")
-	binary = strings.EqualFold(strings.TrimSpace(ct), "application/octet-stream")
-	if !binary && !utf8.Valid(body) {
-		text(w, http.StatusBadRequest, "a text message must be UTF-8; send binary with Content-Type: application/octet-stream")
-		return false, nil, false
+	binary, bad := messageKind(r.Header.Get("Content-Type"), body)
+	if bad != nil {
+		bad.write(w)
+		return
 	}
-	return binary, body, true
+	n := h.opts.Hub.Broadcast(binary, body)
+	b, _ := json.Marshal(map[string]int{"delivered": n})
+	result{status: http.StatusOK, ctype: "application/json", body: append(b, '\n')}.write(w)
 }
 
-func text(w http.ResponseWriter, status int, msg string) {
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.WriteHeader(status)
-	_, _ = io.WriteString(w, msg)
+// messageKind says whether a pushed message is binary (Content-Type
+// application/octet-stream) or text, which must be UTF-8.
+func messageKind(contentType string, body []byte) (binary bool, bad *result) {
+	ct, _, _ := strings.Cut(contentType, ";")
+	if strings.EqualFold(strings.TrimSpace(ct), "application/octet-stream") {
+		return true, nil
+	}
+	if !utf8.Valid(body) {
+		r := text(http.StatusBadRequest, "a text message must be UTF-8; send binary with Content-Type: application/octet-stream")
+		return false, &r
+	}
+	return false, nil
 }

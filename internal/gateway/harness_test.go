@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/http/httptest"
 	"strings"
 	"testing"
 	"time"
@@ -63,8 +62,13 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	}
 	served := make(chan error, 1)
 	go func() { served <- srv.Serve(ln) }()
-	ctl := httptest.NewServer(control.New(control.Options{Hub: srv, Metrics: m, Logger: log}))
-	h := &harness{t: t, api: api, srv: srv, m: m, addr: ln.Addr().String(), control: ctl.URL}
+	ctlLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctl := control.NewServer(lp, control.New(control.Options{Hub: srv, Metrics: m, Logger: log}))
+	go ctl.Serve(ctlLn)
+	h := &harness{t: t, api: api, srv: srv, m: m, addr: ln.Addr().String(), control: "http://" + ctlLn.Addr().String()}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()

@@ -6,8 +6,6 @@ import (
 	"syscall"
 	"testing"
 
-	"github.com/lesismal/nbio"
-
 	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/testkit/race"
@@ -50,15 +48,16 @@ func openConn(tb testing.TB, api upstream.Client) (c *conn, peer int) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c = &conn{s: s, connID: "test-1", remoteAddr: "peer"}
-	nc, err := lp.Add(fc, c)
+	nc, err := loop.Wrap(fc)
 	if err != nil {
 		tb.Fatal(err)
 	}
-	tb.Cleanup(func() { nc.Close(); syscall.Close(fds[0]) })
-	c.nc = nc
-	c.state, c.upgraded, c.id = stOpen, true, "CP1"
+	c = &conn{s: s, nc: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, id: "CP1"}
 	c.apiHeader = []upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}
+	if _, err := lp.Add(nc, c); err != nil {
+		tb.Fatal(err)
+	}
+	tb.Cleanup(func() { nc.Close(); syscall.Close(fds[0]) })
 	return c, fds[0]
 }
 
@@ -84,7 +83,7 @@ func TestMessagePathAllocatesNothing(t *testing.T) {
 	resp := &upstream.Response{Status: 200, Header: []upstream.Header{{Name: "Content-Type", Value: "text/plain"}},
 		Body: []byte(`[3,"19223201",{"currentTime":"2026-11-22T06:00:00Z"}]`)}
 	readBuf := make([]byte, 4096)
-	var nc *nbio.Conn = c.nc
+	nc := c.nc
 
 	round := func() {
 		copy(frame, wire) // unmasked in place by the parser

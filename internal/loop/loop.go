@@ -18,6 +18,7 @@ import (
 	"runtime"
 	"sync"
 	"syscall"
+	"time"
 
 	"github.com/lesismal/nbio"
 )
@@ -99,15 +100,30 @@ func (l *Loop) onOpen(c *nbio.Conn) {
 }
 
 // Add hands conn to the loop with its handler; conn must not be used
-// otherwise afterwards.
+// otherwise afterwards. h must be fully set up: its callbacks may run before
+// Add returns. (Wrap conn with [Wrap] first to know its *nbio.Conn.)
 func (l *Loop) Add(conn net.Conn, h Handler) (*nbio.Conn, error) {
-	nc, err := nbio.NBConn(conn)
+	nc, err := Wrap(conn)
 	if err != nil {
-		conn.Close()
 		return nil, err
 	}
 	nc.SetSession(h)
+	// The poller reads the connection under its own mutex; passing through
+	// that mutex here publishes h to it (nbio's hand-off through epoll is
+	// invisible to the race detector).
+	_ = nc.SetReadDeadline(time.Time{})
 	if _, err := l.engine.AddConn(nc); err != nil {
+		return nil, err
+	}
+	return nc, nil
+}
+
+// Wrap turns conn into the *nbio.Conn the loop will know it by (conn is
+// closed on failure).
+func Wrap(conn net.Conn) (*nbio.Conn, error) {
+	nc, err := nbio.NBConn(conn)
+	if err != nil {
+		conn.Close()
 		return nil, err
 	}
 	return nc, nil

@@ -98,10 +98,8 @@ func (pc *pipeConn) send(c *call) {
 		// Requests come slowly: this one goes out now rather than wait
 		// for the poller's next turn.
 		pc.lastWrite = c.sent
-		buf := pc.out
-		pc.out, pc.spare = pc.spare[:0], nil
+		pc.writeLocked()
 		pc.mu.Unlock()
-		pc.write(buf)
 		return
 	}
 	pc.flushing = true
@@ -126,25 +124,28 @@ const batchGap = 50 * time.Microsecond
 // last turn (loop.Task).
 func (pc *pipeConn) RunLater() {
 	pc.mu.Lock()
-	buf := pc.out
-	pc.out, pc.spare = pc.spare[:0], nil
 	pc.flushing = false
 	pc.lastWrite = time.Now()
+	pc.writeLocked()
 	pc.mu.Unlock()
-	pc.write(buf)
 }
 
-// write sends buf on a loop connection. nbio keeps what the kernel does
-// not take and writes it when the socket drains; it never blocks. A failed
-// write ends the connection on another goroutine: write may run inside
-// Do, whose caller holds its own lock and must not be called back.
-func (pc *pipeConn) write(buf []byte) {
-	if len(buf) > 0 && !pc.dead.Load() {
-		if _, err := pc.nb.Write(buf); err != nil {
-			go pc.fail(fmt.Errorf("writing to the API: %w", err), false)
-		}
+// writeLocked writes out on a loop connection. It runs under pc.mu, so that
+// requests leave in exactly the order they joined inflight, whichever
+// goroutine sends them; nbio's write never blocks (it keeps what the kernel
+// does not take). A failed write ends the connection on another goroutine:
+// the caller may be inside Do, holding a lock of its own.
+func (pc *pipeConn) writeLocked() {
+	if len(pc.out) == 0 || pc.dead.Load() {
+		return
 	}
-	pc.recycle(buf)
+	if _, err := pc.nb.Write(pc.out); err != nil {
+		go pc.fail(fmt.Errorf("writing to the API: %w", err), false)
+	}
+	pc.out = pc.out[:0]
+	if cap(pc.out) > 1<<20 {
+		pc.out = nil
+	}
 }
 
 func (pc *pipeConn) recycle(buf []byte) {

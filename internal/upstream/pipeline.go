@@ -10,8 +10,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/lesismal/nbio"
-
 	"github.com/ws2api/ws2api/internal/loop"
 )
 
@@ -279,9 +277,8 @@ func (p *Pipeline) attach(nc net.Conn) (*pipeConn, error) {
 		pc.nc = nc
 		return pc, nil
 	}
-	nb, err := nbio.NBConn(nc)
+	nb, err := loop.Wrap(nc)
 	if err != nil {
-		nc.Close()
 		return nil, err
 	}
 	pc.nb, pc.poller = nb, p.loop.PollerOf(nb)

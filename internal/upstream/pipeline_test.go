@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ws2api/ws2api/internal/loop"
 )
 
 type result struct {
@@ -275,4 +277,36 @@ func TestPipelineCloseFailsWhatIsLeft(t *testing.T) {
 	if r := do(p, &Request{Method: "POST", Path: "x"}); !errors.Is(r.err, ErrClosed) {
 		t.Fatalf("after Close: %+v", r)
 	}
+}
+
+// Regression: with requests sent from many goroutines (two pollers and
+// the retry timers do this), a request written at once and one flushed at
+// the next poller turn could leave in the wrong order, so that an answer
+// went to another request: a connect got a message's echo and became a
+// 403.
+func TestPipelineAnswersMatchWhenSentFromManyGoroutines(t *testing.T) {
+	t.Parallel()
+	srv, _ := echoServer(t, nil)
+	lp, err := loop.New("order", 2, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(lp.Stop)
+	p := newTestPipeline(t, PipelineOptions{BaseURL: srv.URL + "/", MaxConns: 1, Depth: 64, Loop: lp})
+	var bad atomic.Int32
+	var wg sync.WaitGroup
+	for g := range 8 {
+		wg.Go(func() {
+			for i := range 400 {
+				body := fmt.Sprintf("g%d-%d", g, i)
+				r := do(p, &Request{Method: "POST", Path: "x", Body: []byte(body)})
+				if r.err != nil || r.body != "POST /x "+body {
+					if bad.Add(1) < 5 {
+						t.Errorf("sent %q, got %+v", body, r)
+					}
+				}
+			}
+		})
+	}
+	wg.Wait()
 }

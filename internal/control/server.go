@@ -1,0 +1,382 @@
+package control
+
+import (
+	"bufio"
+	"bytes"
+	"errors"
+	"net"
+	"net/http"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/http1"
+	"github.com/ws2api/ws2api/internal/loop"
+)
+
+// Server serves the control listener on the event loop: HTTP/1.1 with
+// keep-alive and pipelining. Pushes, lookups, kicks and health checks are
+// answered on the poller that read them, without a goroutine switch; every
+// other request (broadcast, /metrics, /debug/pprof/) goes to the Handler on
+// a goroutine of its own. Answers leave in request order, all those ready
+// in one write.
+type Server struct {
+	h    *Handler
+	loop *loop.Loop
+
+	mu     sync.Mutex
+	ln     net.Listener
+	conns  map[*ctlConn]struct{}
+	closed bool
+	wg     sync.WaitGroup
+}
+
+// NewServer makes a server for h on l.
+func NewServer(l *loop.Loop, h *Handler) *Server {
+	return &Server{h: h, loop: l, conns: map[*ctlConn]struct{}{}}
+}
+
+// Serve accepts connections on ln until Close; it then returns nil.
+func (s *Server) Serve(ln net.Listener) error {
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		ln.Close()
+		return nil
+	}
+	s.ln = ln
+	s.mu.Unlock()
+	var backoff time.Duration
+	for {
+		nc, err := ln.Accept()
+		if err != nil {
+			s.mu.Lock()
+			closed := s.closed
+			s.mu.Unlock()
+			if closed || errors.Is(err, net.ErrClosed) {
+				if closed {
+					return nil
+				}
+				return err
+			}
+			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
+			time.Sleep(backoff)
+			continue
+		}
+		backoff = 0
+		nb, err := loop.Wrap(nc)
+		if err != nil {
+			continue
+		}
+		c := &ctlConn{srv: s, nc: nb}
+		s.mu.Lock()
+		s.conns[c] = struct{}{}
+		s.mu.Unlock()
+		if _, err := s.loop.Add(nb, c); err != nil {
+			s.forget(c)
+		}
+	}
+}
+
+// Close stops accepting, closes every connection and waits for the
+// requests being answered on goroutines.
+func (s *Server) Close() error {
+	s.mu.Lock()
+	s.closed = true
+	ln := s.ln
+	conns := make([]*ctlConn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	for _, c := range conns {
+		if c.nc != nil {
+			c.nc.Close()
+		}
+	}
+	s.wg.Wait()
+	return nil
+}
+
+func (s *Server) forget(c *ctlConn) {
+	s.mu.Lock()
+	delete(s.conns, c)
+	s.mu.Unlock()
+}
+
+// Limits on a control request.
+const (
+	maxRequestHead = 64 << 10
+)
+
+// ctlConn is one control connection: requests are parsed as they arrive
+// and their answers queued in order.
+type ctlConn struct {
+	srv *Server
+	nc  *nbio.Conn
+
+	mu      sync.Mutex
+	in      []byte
+	answers []*answer // in request order; the ready ones at the front leave
+	out     []byte
+	done    bool // the last request said Connection: close, or was malformed
+	gone    atomic.Bool
+}
+
+// answer is one request's answer, ready or being computed.
+type answer struct {
+	ready bool
+	b     []byte
+	close bool // close the connection after it
+}
+
+// OnData parses requests (loop.Handler).
+func (c *ctlConn) OnData(nc *nbio.Conn, data []byte) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.done {
+		return
+	}
+	buf := data
+	if len(c.in) > 0 {
+		c.in = append(c.in, data...)
+		buf = c.in
+	}
+	for len(buf) > 0 && !c.done {
+		n, ok := c.request(buf)
+		if !ok {
+			break
+		}
+		buf = buf[n:]
+	}
+	switch {
+	case c.done || len(buf) == 0:
+		c.in = c.in[:0]
+		if cap(c.in) > 64<<10 {
+			c.in = nil
+		}
+	case len(c.in) > 0:
+		c.in = c.in[:copy(c.in, buf)]
+	default:
+		c.in = append(c.in[:0], buf...)
+	}
+	c.flushLocked()
+}
+
+// OnClose forgets the connection (loop.Handler).
+func (c *ctlConn) OnClose(*nbio.Conn, error) {
+	c.gone.Store(true)
+	c.srv.forget(c)
+}
+
+// request handles the request at the start of b, if complete: it returns
+// the bytes it took.
+func (c *ctlConn) request(b []byte) (int, bool) {
+	h := c.srv.h
+	end := http1.HeadEnd(b)
+	if end < 0 {
+		if len(b) > maxRequestHead {
+			c.fail(http.StatusRequestHeaderFieldsTooLarge, "request head too large")
+		}
+		return 0, false
+	}
+	head, err := http1.ParseRequestHead(b[:end])
+	if err != nil {
+		c.fail(http.StatusBadRequest, err.Error())
+		return 0, false
+	}
+	length, chunked, err := head.BodyLength()
+	if err != nil {
+		c.fail(http.StatusBadRequest, err.Error())
+		return 0, false
+	}
+	var body []byte
+	total := end + length
+	switch {
+	case chunked:
+		size, wire, err := http1.ChunkedEnd(b[end:])
+		if err != nil {
+			c.fail(http.StatusBadRequest, err.Error())
+			return 0, false
+		}
+		if wire == 0 {
+			if len(b)-end > int(h.opts.MaxBodyBytes)+maxRequestHead {
+				c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())
+			}
+			return 0, false
+		}
+		if int64(size) > h.opts.MaxBodyBytes {
+			c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())
+			return 0, false
+		}
+		body = http1.Dechunk(nil, b[end:end+wire])
+		total = end + wire
+	case int64(length) > h.opts.MaxBodyBytes:
+		c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())
+		return 0, false
+	case len(b) < total:
+		return 0, false
+	default:
+		body = b[end:total]
+	}
+	closeAfter := head.HasToken("Connection", "close") || head.Proto == "HTTP/1.0" && !head.HasToken("Connection", "keep-alive")
+	if closeAfter {
+		c.done = true
+	}
+	path, rawQuery, _ := strings.Cut(head.Target, "?")
+	id, isClient := strings.CutPrefix(path, "/")
+	switch {
+	case path == "/healthz" && head.Method == http.MethodGet:
+		c.ready(h.healthz(), closeAfter)
+	case isClient && id != "" && !strings.Contains(id, "/") && path != "/metrics" && id != "healthz":
+		c.ready(h.clientResult(head.Method, id, rawQuery, head.Get("Content-Type"), body), closeAfter)
+	default:
+		// The rest goes to net/http's handler, on a goroutine: the raw
+		// request is read again by http.ReadRequest.
+		c.slow(append([]byte(nil), b[:total]...), closeAfter)
+	}
+	return total, true
+}
+
+// ready queues a computed answer.
+func (c *ctlConn) ready(r result, closeAfter bool) {
+	c.answers = append(c.answers, &answer{ready: true, b: appendResult(nil, r, closeAfter), close: closeAfter})
+}
+
+// fail answers a request that cannot be read, and closes after it.
+func (c *ctlConn) fail(status int, msg string) {
+	c.done = true
+	c.answers = append(c.answers, &answer{ready: true, b: appendResult(nil, text(status, msg+"\n"), true), close: true})
+}
+
+// slow runs a request through the Handler on a goroutine.
+func (c *ctlConn) slow(raw []byte, closeAfter bool) {
+	a := &answer{close: closeAfter}
+	c.answers = append(c.answers, a)
+	c.srv.wg.Add(1)
+	go func() {
+		defer c.srv.wg.Done()
+		var b []byte
+		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
+		if err != nil {
+			b = appendResult(nil, text(http.StatusBadRequest, err.Error()+"\n"), closeAfter)
+		} else {
+			rec := &recorder{header: http.Header{}, status: http.StatusOK}
+			c.srv.h.ServeHTTP(rec, req)
+			b = rec.appendTo(nil, closeAfter)
+		}
+		c.mu.Lock()
+		a.b, a.ready = b, true
+		c.flushLocked()
+		c.mu.Unlock()
+	}()
+}
+
+// flushLocked writes the answers that are ready, in order, in one write.
+func (c *ctlConn) flushLocked() {
+	out := c.out[:0]
+	closeAfter := false
+	n := 0
+	for _, a := range c.answers {
+		if !a.ready {
+			break
+		}
+		out = append(out, a.b...)
+		n++
+		if a.close {
+			closeAfter = true
+			break
+		}
+	}
+	if n == 0 {
+		return
+	}
+	copy(c.answers, c.answers[n:])
+	for i := len(c.answers) - n; i < len(c.answers); i++ {
+		c.answers[i] = nil
+	}
+	c.answers = c.answers[:len(c.answers)-n]
+	if !c.gone.Load() {
+		_, _ = c.nc.Write(out)
+	}
+	if closeAfter {
+		_ = c.nc.Close()
+	}
+	if cap(out) <= 64<<10 {
+		c.out = out[:0]
+	}
+}
+
+// appendResult encodes a result as an HTTP/1.1 answer.
+func appendResult(b []byte, r result, closeAfter bool) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(r.status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(r.status)...)
+	b = append(b, "\r\nContent-Type: "...)
+	b = append(b, r.contentType()...)
+	if r.allow != "" {
+		b = append(b, "\r\nAllow: "...)
+		b = append(b, r.allow...)
+	}
+	if closeAfter {
+		b = append(b, "\r\nConnection: close"...)
+	}
+	b = append(b, "\r\nContent-Length: "...)
+	b = strconv.AppendInt(b, int64(len(r.body)), 10)
+	b = append(b, "\r\n\r\n"...)
+	return append(b, r.body...)
+}
+
+// recorder collects what a net/http handler writes.
+type recorder struct {
+	header http.Header
+	status int
+	wrote  bool
+	body   bytes.Buffer
+}
+
+func (r *recorder) Header() http.Header { return r.header }
+
+func (r *recorder) WriteHeader(status int) {
+	if !r.wrote {
+		r.status, r.wrote = status, true
+	}
+}
+
+func (r *recorder) Write(p []byte) (int, error) {
+	r.WriteHeader(http.StatusOK)
+	return r.body.Write(p)
+}
+
+func (r *recorder) Flush() {}
+
+func (r *recorder) appendTo(b []byte, closeAfter bool) []byte {
+	b = append(b, "HTTP/1.1 "...)
+	b = strconv.AppendInt(b, int64(r.status), 10)
+	b = append(b, ' ')
+	b = append(b, http.StatusText(r.status)...)
+	b = append(b, "\r\n"...)
+	r.header.Del("Content-Length")
+	r.header.Del("Transfer-Encoding")
+	if closeAfter {
+		r.header.Set("Connection", "close")
+	}
+	if r.header.Get("Content-Type") == "" && r.body.Len() > 0 {
+		r.header.Set("Content-Type", http.DetectContentType(r.body.Bytes()))
+	}
+	var hb bytes.Buffer
+	_ = r.header.Write(&hb)
+	b = append(b, hb.Bytes()...)
+	b = append(b, "Content-Length: "...)
+	b = strconv.AppendInt(b, int64(r.body.Len()), 10)
+	b = append(b, "\r\n\r\n"...)
+	return append(b, r.body.Bytes()...)
+}
