@@ -155,7 +155,7 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	fs.IntVar(&o.Dialers, "dialers", 64, "handshakes in progress at once, per process")
 	fs.StringVar(&o.Prefix, "prefix", "bench-", "client id prefix")
 	fs.IntVar(&o.Procs, "procs", 0, "worker processes (0: one per 18,000 connections)")
-	fs.BoolVar(&o.Sources, "sources", true, "spread connections over 127.0.1.x source addresses")
+	sources := fs.String("sources", "auto", "spread connections over 127.0.1.x source addresses: on, off, or auto (on past 20,000 connections, where one address runs short of ports)")
 	fs.BoolVar(&o.Once, "once", false, "once all are connected, every connection sends one message")
 	fs.IntVar(&o.PID, "pid", 0, "the gateway's process id, to report its memory and CPU")
 	fs.StringVar(&o.Control, "control", "http://127.0.0.1:7002", "the gateway's control listener, for pushes and broadcasts")
@@ -169,6 +169,16 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if o.Conns < 1 {
 		return errors.New("-conns must be at least 1")
+	}
+	switch *sources {
+	case "on":
+		o.Sources = true
+	case "off":
+		o.Sources = false
+	case "auto":
+		o.Sources = o.Conns > 20000
+	default:
+		return errors.New("-sources must be on, off or auto")
 	}
 	o.Progress = stderr
 	sum, err := Run(ctx, o)

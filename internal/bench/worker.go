@@ -83,6 +83,11 @@ type loadConn struct {
 	nc  *nbio.Conn
 	key [4]byte
 
+	// While its upgrade is in progress (openAsync).
+	shaking  bool
+	started  time.Time
+	shakeEnd func()
+
 	mu    sync.Mutex
 	in    []byte
 	rd    ws.Reader
@@ -100,7 +105,14 @@ func newWorker(cfg workerConfig, index int) (*worker, error) {
 		}
 	})
 	w.engine.OnClose(func(c *nbio.Conn, err error) {
-		if _, ok := c.Session().(*loadConn); ok {
+		if lc, ok := c.Session().(*loadConn); ok {
+			lc.mu.Lock()
+			shaking := lc.shaking
+			lc.mu.Unlock()
+			if shaking {
+				lc.handshakeFailed(fmt.Errorf("connection closed during the upgrade: %v", err))
+				return
+			}
 			w.connected.Add(-1)
 			if w.finishing.Load() {
 				return
@@ -141,12 +153,32 @@ func (w *worker) run(ctx, sending context.Context) {
 	}
 	jobs := make(chan int)
 	var dialers sync.WaitGroup
-	for range max(1, cfg.Dialers) {
-		dialers.Go(func() {
-			for i := range jobs {
-				w.open(ctx, i)
-			}
-		})
+	if cfg.Sources {
+		// Bound to 127.0.1.x sources: Go's dialer, a goroutine per
+		// handshake in progress.
+		for range max(1, cfg.Dialers) {
+			dialers.Go(func() {
+				for i := range jobs {
+					w.open(ctx, i)
+				}
+			})
+		}
+	} else {
+		// nbio's non-blocking dial: the handshakes run on the event loop,
+		// at most Dialers at once. On loopback connect() runs the whole TCP
+		// handshake, so a few goroutines issue them.
+		slots := make(chan struct{}, max(1, cfg.Dialers))
+		var shaking sync.WaitGroup
+		for range 4 {
+			dialers.Go(func() {
+				for i := range jobs {
+					slots <- struct{}{}
+					shaking.Add(1)
+					w.openAsync(i, func() { <-slots; shaking.Done() })
+				}
+			})
+		}
+		defer shaking.Wait()
 	}
 	// The ramp is shared by all workers: connection g opens at g*Ramp/Total.
 	start := time.Now()
@@ -317,6 +349,89 @@ func (w *worker) open(ctx context.Context, g int) {
 	w.mu.Unlock()
 }
 
+// openAsync dials connection g on the event loop and sends its upgrade
+// request; onData completes the handshake. done is called once the
+// handshake succeeded or failed.
+func (w *worker) openAsync(g int, done func()) {
+	id := w.cfg.Prefix + strconv.Itoa(g)
+	host, path, err := splitWSURL(w.cfg.URL)
+	if err != nil {
+		w.connectFail.Add(1)
+		w.noteError(err)
+		done()
+		return
+	}
+	lc := &loadConn{w: w, idx: g, shaking: true, started: time.Now(), shakeEnd: done}
+	k := rand.Uint32()
+	lc.key = [4]byte{byte(k), byte(k >> 8), byte(k >> 16), byte(k >> 24)}
+	err = w.engine.DialAsyncTimeout("tcp", host, 10*time.Second, func(c *nbio.Conn, err error) {
+		if err != nil {
+			lc.handshakeFailed(fmt.Errorf("connect %s: %w", id, err))
+			return
+		}
+		var key [16]byte
+		for i := range key {
+			key[i] = byte(rand.Uint32())
+		}
+		lc.mu.Lock()
+		lc.nc = c
+		c.SetSession(lc)
+		lc.mu.Unlock()
+		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
+		req := "GET " + path + id + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + b64(key[:]) + "\r\n\r\n"
+		if _, err := c.Write([]byte(req)); err != nil {
+			lc.handshakeFailed(fmt.Errorf("connect %s: %w", id, err))
+		}
+	})
+	if err != nil {
+		lc.handshakeFailed(fmt.Errorf("connect %s: %w", id, err))
+	}
+}
+
+// handshakeFailed counts a failed upgrade, once.
+func (lc *loadConn) handshakeFailed(err error) {
+	lc.mu.Lock()
+	shaking := lc.shaking
+	lc.shaking = false
+	lc.mu.Unlock()
+	if !shaking {
+		return
+	}
+	lc.w.connectFail.Add(1)
+	lc.w.noteError(err)
+	if lc.nc != nil {
+		_ = lc.nc.Close()
+	}
+	lc.shakeEnd()
+}
+
+// shaken completes an upgrade whose answer head is head; lc.mu is held.
+func (lc *loadConn) shaken(head []byte) bool {
+	w := lc.w
+	if !bytes.HasPrefix(head, []byte("HTTP/1.1 101 ")) {
+		line, _, _ := bytes.Cut(head, []byte("\r\n"))
+		lc.mu.Unlock()
+		lc.handshakeFailed(fmt.Errorf("connect %s%d: %s", w.cfg.Prefix, lc.idx, line))
+		lc.mu.Lock()
+		return false
+	}
+	lc.shaking = false
+	_ = lc.nc.SetReadDeadline(time.Time{})
+	w.connLat.Record(time.Since(lc.started))
+	w.connectOK.Add(1)
+	w.connected.Add(1)
+	w.mu.Lock()
+	w.all = append(w.all, lc)
+	if w.slots != nil {
+		k := rand.IntN(len(w.slots))
+		w.slots[k] = append(w.slots[k], lc)
+	}
+	w.mu.Unlock()
+	lc.shakeEnd()
+	return true
+}
+
 // send writes one message: kind, the send time, the connection, a sequence
 // number, padded to the configured size. The echo API sends it back.
 func (lc *loadConn) send(kind byte) {
@@ -349,6 +464,17 @@ func (lc *loadConn) onData(data []byte) {
 	lc.mu.Lock()
 	defer lc.mu.Unlock()
 	buf := append(lc.in, data...)
+	if lc.shaking {
+		end := bytes.Index(buf, []byte("\r\n\r\n"))
+		if end < 0 {
+			lc.in = buf
+			return
+		}
+		if !lc.shaken(buf[:end+4]) {
+			return
+		}
+		buf = buf[end+4:]
+	}
 	for len(buf) > 0 {
 		m, n, err := lc.rd.Next(buf, ws.Client, 64<<20)
 		if err != nil {
