@@ -288,3 +288,60 @@ func TestVersion(t *testing.T) {
 		t.Fatalf("version: %q %v", out, err)
 	}
 }
+
+// The load tool as a person runs it: the echo API and the gateway as
+// processes, the tool spreading its connections over two worker processes,
+// reading the gateway's figures from its pid, and printing JSON.
+func TestBenchDrivesTheGatewayFromWorkerProcesses(t *testing.T) {
+	t.Parallel()
+	api := exec.Command(binary, "bench", "api", "-listen", "127.0.0.1:0")
+	apiOut, _ := api.StderrPipe()
+	if err := api.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = api.Process.Kill(); _ = api.Wait() })
+	var apiAddr string
+	sc := bufio.NewScanner(apiOut)
+	for sc.Scan() {
+		if _, after, ok := strings.Cut(sc.Text(), "addr="); ok {
+			apiAddr = strings.Fields(after)[0]
+			break
+		}
+	}
+	if apiAddr == "" {
+		t.Fatal("echo API did not report its address")
+	}
+	go func() { _, _ = io.Copy(io.Discard, apiOut) }()
+
+	gw := start(t, nil, "-api", "http://"+apiAddr+"/")
+	out, err := exec.Command(binary, "bench", "-url", "ws://"+gw.public+"/", "-control", gw.control,
+		"-conns", "300", "-procs", "2", "-interval", "200ms", "-duration", "2s", "-settle", "100ms",
+		"-pid", fmt.Sprint(gw.cmd.Process.Pid), "-json", "-").Output()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	i := bytes.IndexByte(out, '{')
+	if i < 0 {
+		t.Fatalf("no JSON summary:\n%s", out)
+	}
+	var sum struct {
+		Procs     int     `json:"procs"`
+		ConnectOK int     `json:"connect_ok"`
+		Sent      int64   `json:"sent"`
+		Lost      int64   `json:"lost"`
+		Rate      float64 `json:"msgs_per_sec"`
+		Gateway   *struct {
+			CPUPerMsgUs float64 `json:"cpu_per_msg_us"`
+			RSSIdleMiB  float64 `json:"rss_idle_mib"`
+		} `json:"gateway"`
+	}
+	if err := json.Unmarshal(out[i:], &sum); err != nil {
+		t.Fatalf("summary: %v\n%s", err, out[i:])
+	}
+	if sum.Procs != 2 || sum.ConnectOK != 300 || sum.Sent < 1000 || sum.Lost != 0 || sum.Rate < 1000 {
+		t.Fatalf("summary %+v\n%s", sum, out)
+	}
+	if sum.Gateway == nil || sum.Gateway.CPUPerMsgUs <= 0 || sum.Gateway.RSSIdleMiB <= 0 {
+		t.Fatalf("no gateway figures: %+v", sum.Gateway)
+	}
+}

@@ -8,53 +8,74 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
-	"runtime"
+	"net"
 	"strconv"
 
 	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/loop"
 )
 
 // EchoAPI is the API the benchmarks run behind ws2api: GET answers "ok",
 // POST echoes its body with its Content-Type, DELETE answers nothing. It
 // speaks just enough HTTP/1.1 for that (keep-alive, pipelining,
-// Content-Length bodies) on nbio's event loop, so that it costs little next
-// to the gateway it serves, as the original benchmark's fasthttp echo server
+// Content-Length bodies) on an event loop, so that it costs little next to
+// the gateway it serves, as the original benchmark's fasthttp echo server
 // did.
 type EchoAPI struct {
-	engine *nbio.Engine
-	Addr   string
+	loop *loop.Loop
+	ln   net.Listener
+	Addr string
 }
 
 // StartEchoAPI listens on addr.
 func StartEchoAPI(addr string, pollers int) (*EchoAPI, error) {
-	if pollers <= 0 {
-		pollers = runtime.NumCPU()
-	}
-	e := nbio.NewEngine(nbio.Config{Name: "echo-api", Network: "tcp", Addrs: []string{addr}, NPoller: pollers})
-	e.OnOpen(func(c *nbio.Conn) { c.SetSession(&echoConn{}) })
-	e.OnData(func(c *nbio.Conn, data []byte) {
-		ec := c.Session().(*echoConn)
-		out, err := ec.serve(data)
-		if len(out) > 0 {
-			_, _ = c.Write(out)
-		}
-		if err != nil {
-			_ = c.Close()
-		}
-	})
-	if err := e.Start(); err != nil {
+	l, err := loop.New("echo-api", pollers, 0)
+	if err != nil {
 		return nil, err
 	}
-	return &EchoAPI{engine: e, Addr: e.Addrs[0]}, nil
+	l.OnAccept(func(*nbio.Conn) loop.Handler { return &echoConn{} })
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		l.Stop()
+		return nil, err
+	}
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = l.AddAccepted(c)
+		}
+	}()
+	return &EchoAPI{loop: l, ln: ln, Addr: ln.Addr().String()}, nil
 }
 
 // Stop closes the listener and every connection.
-func (a *EchoAPI) Stop() { a.engine.Stop() }
+func (a *EchoAPI) Stop() {
+	a.ln.Close()
+	a.loop.Stop()
+}
 
 type echoConn struct {
 	in  []byte
 	out []byte
 }
+
+// OnData answers every complete request (loop.Handler).
+func (ec *echoConn) OnData(c *nbio.Conn, data []byte) {
+	out, err := ec.serve(data)
+	if len(out) > 0 {
+		_, _ = c.Write(out)
+	}
+	if err != nil {
+		_ = c.Close()
+	}
+}
+
+// OnClose implements loop.Handler.
+func (ec *echoConn) OnClose(*nbio.Conn, error) {}
 
 var errBadRequest = errors.New("bad request")
 

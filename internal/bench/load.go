@@ -135,11 +135,15 @@ type GatewayFigures struct {
 	AfterOneKiBPerConn  float64 `json:"after_one_kib_per_conn,omitempty"`
 	RSSEndMiB           float64 `json:"rss_end_mib"`
 	KernelTCPKiBPerConn float64 `json:"kernel_tcp_kib_per_conn"`
-	CPUPercent          float64 `json:"cpu_percent"`
-	CPUPerMsgUs         float64 `json:"cpu_per_msg_us,omitempty"`
-	CPUPerPushUs        float64 `json:"cpu_per_push_us,omitempty"`
-	FDs                 int     `json:"fds"`
-	Threads             int     `json:"threads"`
+	// KernelSlabKiBPerConn is the kernel's own memory per gateway-side
+	// socket: half the slab growth, the clients' sockets being on this
+	// machine too.
+	KernelSlabKiBPerConn float64 `json:"kernel_slab_kib_per_conn"`
+	CPUPercent           float64 `json:"cpu_percent"`
+	CPUPerMsgUs          float64 `json:"cpu_per_msg_us,omitempty"`
+	CPUPerPushUs         float64 `json:"cpu_per_push_us,omitempty"`
+	FDs                  int     `json:"fds"`
+	Threads              int     `json:"threads"`
 }
 
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -169,6 +173,9 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 	}
 	if o.Conns < 1 {
 		return errors.New("-conns must be at least 1")
+	}
+	if o.Once && o.Interval > 0 {
+		return errors.New("-once measures one message from each connection: use it without -interval")
 	}
 	switch *sources {
 	case "on":
@@ -347,6 +354,9 @@ func (r *runner) phases(ctx context.Context) error {
 	}
 
 	if o.Once {
+		if o.Interval > 0 {
+			return errors.New("Once with Interval: the one-each replies could not be told apart")
+		}
 		onceStart := r.total()
 		for _, h := range r.handles {
 			h.once()
@@ -354,7 +364,7 @@ func (r *runner) phases(ctx context.Context) error {
 		deadline := time.Now().Add(time.Minute)
 		for {
 			t := r.total()
-			if t.Recv >= t.ConnectOK || time.Now().After(deadline) {
+			if t.Recv-onceStart.Recv >= onceStart.Connected || time.Now().After(deadline) {
 				break
 			}
 			if err := sleep(ctx, 50*time.Millisecond); err != nil {
@@ -719,7 +729,9 @@ func printSummary(w io.Writer, s *Summary) {
 		if g.CPUPerPushUs > 0 {
 			fmt.Fprintf(w, ", %.1f µs per push", g.CPUPerPushUs)
 		}
-		fmt.Fprintf(w, "; %d open files, %d threads; kernel TCP memory %.2f KiB per connection\n", g.FDs, g.Threads, g.KernelTCPKiBPerConn)
+		fmt.Fprintf(w, "; %d open files, %d threads\n", g.FDs, g.Threads)
+		fmt.Fprintf(w, "kernel       %.2f KiB of slab per gateway-side socket (half the growth: both ends are here), %.2f KiB of TCP buffers\n",
+			g.KernelSlabKiBPerConn, g.KernelTCPKiBPerConn)
 	}
 }
 

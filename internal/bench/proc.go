@@ -92,13 +92,29 @@ func ReadSockStat() (SockStat, error) {
 	return st, nil
 }
 
-// procSample is one reading of the gateway and of the kernel's TCP memory.
+// procSample is one reading of the gateway and of the kernel's memory.
 type procSample struct {
 	rss      int64
 	cpuTicks int64
 	fds      int
 	threads  int
 	tcpPages int64
+	slab     int64 // bytes of kernel slab memory (sockets, files, epoll items...)
+}
+
+// readSlab returns the kernel's slab memory in bytes (/proc/meminfo).
+func readSlab() int64 {
+	b, err := os.ReadFile("/proc/meminfo")
+	if err != nil {
+		return 0
+	}
+	for line := range strings.SplitSeq(string(b), "\n") {
+		if f := strings.Fields(line); len(f) >= 2 && f[0] == "Slab:" {
+			kb, _ := strconv.ParseInt(f[1], 10, 64)
+			return kb << 10
+		}
+	}
+	return 0
 }
 
 // gatewayWatch reads the gateway's figures at the points of a run.
@@ -121,7 +137,7 @@ func watchGateway(pid int) (*gatewayWatch, error) {
 func (g *gatewayWatch) read() procSample {
 	st, _ := ReadProc(g.pid)
 	ss, _ := ReadSockStat()
-	return procSample{rss: st.RSSBytes, cpuTicks: st.CPUTicks, fds: st.FDs, threads: st.Threads, tcpPages: ss.TCPMemPages}
+	return procSample{rss: st.RSSBytes, cpuTicks: st.CPUTicks, fds: st.FDs, threads: st.Threads, tcpPages: ss.TCPMemPages, slab: readSlab()}
 }
 
 // figures turns the readings into per-connection costs, for conns
@@ -133,8 +149,11 @@ func (g *gatewayWatch) figures(conns int64) *GatewayFigures {
 		RSSIdleMiB:          mib(g.idle.rss),
 		IdleKiBPerConn:      float64(g.idle.rss-g.base.rss) / 1024 / n,
 		KernelTCPKiBPerConn: float64((g.idle.tcpPages-g.base.tcpPages)*4) / n,
-		FDs:                 g.idle.fds,
-		Threads:             g.idle.threads,
+		// Both ends of each connection are on this machine: half the slab
+		// growth is the gateway's side.
+		KernelSlabKiBPerConn: float64(g.idle.slab-g.base.slab) / 1024 / n / 2,
+		FDs:                  g.idle.fds,
+		Threads:              g.idle.threads,
 	}
 	if g.afterOne != nil {
 		f.RSSAfterOneMiB = mib(g.afterOne.rss)

@@ -96,6 +96,8 @@ func (l *Loop) onOpen(c *nbio.Conn) {
 	}
 	if h := accept(c); h != nil {
 		c.SetSession(h)
+		// Publish h to the poller (see Add).
+		_ = c.SetWriteDeadline(time.Time{})
 	}
 }
 
