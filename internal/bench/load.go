@@ -149,6 +149,26 @@ type GatewayFigures struct {
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
 	fs := flag.NewFlagSet("ws2api bench", flag.ContinueOnError)
 	fs.SetOutput(stderr)
+	fs.Usage = func() {
+		fmt.Fprint(stderr, `ws2api bench: the load tool. It opens -conns WebSocket connections to a
+gateway over -ramp, has each send one message every -interval for -duration,
+and reports connects/s, messages/s, latency percentiles, errors, lost replies
+and, given -pid, the gateway's memory and CPU. It can also push through the
+control API (-push-rate) and broadcast (-broadcasts).
+
+  ws2api bench [flags]                  a load run
+  ws2api bench api [-listen addr]       the echo API to put behind the gateway
+  ws2api bench floor [-listen addr]     a WebSocket echo with no API: the
+                                        machine's floor for one read and one
+                                        write per message
+
+scripts/bench starts the echo API and a gateway and runs the tool against
+them; scripts/bench-targets runs every scenario of BENCHMARKS.md.
+
+Flags:
+`)
+		fs.PrintDefaults()
+	}
 	var o Options
 	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:7001/", "gateway base URL; each client's id is appended")
 	fs.IntVar(&o.Conns, "conns", 1000, "connections to open")

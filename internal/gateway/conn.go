@@ -50,7 +50,6 @@ var (
 type conn struct {
 	s          *Server
 	nc         *nbio.Conn
-	poller     int // the poller nc lives on: its requests go on API connections of the same
 	connID     string
 	remoteAddr string
 
@@ -91,7 +90,7 @@ type conn struct {
 
 // accepted gives a new client connection its state (loop.Handler).
 func (s *Server) accepted(nc *nbio.Conn) loop.Handler {
-	c := &conn{s: s, nc: nc, poller: s.loop.PollerOf(nc), connID: s.newConnID(), remoteAddr: nc.RemoteAddr().String()}
+	c := &conn{s: s, nc: nc, connID: s.newConnID(), remoteAddr: nc.RemoteAddr().String()}
 	_ = nc.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	return c
 }
@@ -148,7 +147,7 @@ func (c *conn) readHead(data []byte) {
 	// The API's own timeout bounds the wait from here on.
 	_ = c.nc.SetReadDeadline(time.Time{})
 	s.apiWork.Add(1)
-	s.opts.API.Do(&upstream.Request{Method: "GET", Path: hs.id, Query: hs.query, Header: hs.header, Poller: c.poller}, c.authorized)
+	s.opts.API.Do(&upstream.Request{Method: "GET", Path: hs.id, Query: hs.query, Header: hs.header}, c.authorized)
 }
 
 // authorized receives the API's answer to the connect GET and completes or

@@ -67,7 +67,7 @@ func (c *conn) startPOST(msg message) {
 		ct = contentBinary
 	}
 	c.sending = msg
-	c.req = upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Poller: c.poller}
+	c.req = upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: *msg.buf}
 	c.attempt, c.firstTry = 0, time.Now()
 	c.sendLocked()
 }
@@ -80,7 +80,7 @@ func (c *conn) startDELETE() {
 	h := make([]upstream.Header, len(c.apiHeader), len(c.apiHeader)+1)
 	copy(h, c.apiHeader)
 	h = append(h, upstream.Header{Name: HeaderCloseCode, Value: strconv.Itoa(c.end.code)})
-	c.req = upstream.Request{Method: "DELETE", Path: c.id, Header: h, ContentType: contentText, Body: []byte(c.end.reason), Poller: c.poller}
+	c.req = upstream.Request{Method: "DELETE", Path: c.id, Header: h, ContentType: contentText, Body: []byte(c.end.reason)}
 	c.attempt, c.firstTry = 0, time.Now()
 	c.sendLocked()
 }

@@ -166,9 +166,8 @@ func (p *Pipeline) submit(c *call) {
 		go p.finish(c, nil, ErrClosed)
 		return
 	}
-	if pc := p.pick(c.r.Poller); pc != nil {
+	if pc := p.pick(); pc != nil {
 		pc.load++
-		p.mayDialFor(c.r.Poller, pc)
 		p.mu.Unlock()
 		pc.send(c)
 		return
@@ -189,43 +188,23 @@ func (p *Pipeline) submit(c *call) {
 // over more connections.
 const pipelineBudget = time.Millisecond
 
-// pick returns the connection to send a request from poller hint on:
-// among those with room that are idle or answering promptly, one living on
-// the same poller if any, and the busiest (so that requests travel
-// together). nil if none qualifies. p.mu is held.
-func (p *Pipeline) pick(hint int) *pipeConn {
+// pick returns the connection to send a request on: among those with room
+// that are idle or answering promptly, the busiest, so that requests travel
+// together. (Measured: packing requests this way beats keeping each
+// poller's requests on connections of its own.) nil if none qualifies.
+// p.mu is held.
+func (p *Pipeline) pick() *pipeConn {
 	now := time.Now().UnixNano()
 	var best *pipeConn
-	bestHome := false
 	for _, pc := range p.conns {
 		if pc.dead.Load() || !pc.accepts(now, p.opts.Depth) {
 			continue
 		}
-		home := p.loop == nil || pc.poller == hint%p.loop.Pollers()
-		switch {
-		case best == nil, home && !bestHome, home == bestHome && pc.load > best.load:
-			best, bestHome = pc, home
+		if best == nil || pc.load > best.load {
+			best = pc
 		}
 	}
 	return best
-}
-
-// mayDialFor opens a connection for poller hint when a request from it had
-// to go on another poller's connection and it has none of its own. The new
-// connection lands wherever nbio places it, and serves that poller. p.mu
-// is held.
-func (p *Pipeline) mayDialFor(hint int, used *pipeConn) {
-	if p.loop == nil || used.poller == hint%p.loop.Pollers() || p.dialing > 0 || len(p.conns) >= p.opts.MaxConns {
-		return
-	}
-	for _, pc := range p.conns {
-		if pc.poller == hint%p.loop.Pollers() && !pc.dead.Load() {
-			return
-		}
-	}
-	p.dialing++
-	p.wg.Add(1)
-	go p.dial()
 }
 
 // maybeDial opens another connection if requests wait and the limits

@@ -34,11 +34,6 @@ type Request struct {
 	Header      []Header
 	ContentType string
 	Body        []byte
-	// Poller is the event-loop poller the request comes from. A client
-	// that lives on poller i has its requests sent on an API connection of
-	// poller i when one can take them, so that the answer comes back on the
-	// same goroutine and one turn of that poller serves both sockets.
-	Poller int
 }
 
 // Response is the API's answer.
