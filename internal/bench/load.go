@@ -375,7 +375,7 @@ func (r *runner) phases(ctx context.Context) error {
 
 	if o.Once {
 		if o.Interval > 0 {
-			return errors.New("Once with Interval: the one-each replies could not be told apart")
+			return errors.New("once with an interval: the one-each replies could not be told apart")
 		}
 		onceStart := r.total()
 		for _, h := range r.handles {

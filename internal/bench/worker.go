@@ -294,7 +294,7 @@ func (w *worker) open(ctx context.Context, g int) {
 	// event loop.
 	head := make([]byte, 0, 256)
 	one := make([]byte, 512)
-	for bytes.Index(head, []byte("\r\n\r\n")) < 0 {
+	for !bytes.Contains(head, []byte("\r\n\r\n")) {
 		n, err := conn.Read(one)
 		if err != nil {
 			conn.Close()
@@ -400,7 +400,8 @@ func (w *worker) openAsync(g int, done func()) {
 // built without race instrumentation).
 func (w *worker) publish() {
 	w.mu.Lock()
-	w.mu.Unlock() //nolint:staticcheck // an empty critical section, on purpose
+	//lint:ignore SA2001 the empty critical section is the point: it orders
+	w.mu.Unlock()
 }
 
 // handshakeFailed counts a failed upgrade, once.

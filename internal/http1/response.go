@@ -79,6 +79,12 @@ func ParseResponseHead(b []byte, keepAll bool, h *ResponseHead) (bool, error) {
 				keepAlive = true
 			}
 		}
+		kept := keepAll || equalFold(name, "Content-Type")
+		if kept && (!ValidToken(string(name)) || !ValidFieldValue(string(value))) {
+			// A kept header travels on (meta headers go into later
+			// requests): no odd name, no line break or control byte.
+			return false, fmt.Errorf("%w: header line %q", ErrMalformed, truncateBytes(field, 40))
+		}
 		switch {
 		case equalFold(name, "Content-Type"):
 			// Answers of one API mostly carry the same type: keep its
