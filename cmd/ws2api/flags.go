@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
 	"strconv"
 	"strings"
 	"time"
@@ -16,9 +17,11 @@ import (
 
 // config is everything the flags (or WS2API_* variables) decide.
 type config struct {
-	listen  string
-	api     string
-	control string
+	listen        string
+	api           string
+	apiFile       string
+	apiHealthPath string
+	control       string
 
 	cpuProfile, memProfile string
 
@@ -27,10 +30,11 @@ type config struct {
 	pipeline            int
 	timeout             time.Duration
 
-	maxMessage  byteSize
-	maxPending  byteSize
-	maxOutgoing byteSize
-	maxHeader   byteSize
+	maxMessage      byteSize
+	maxPending      byteSize
+	maxPendingTotal byteSize
+	maxOutgoing     byteSize
+	maxHeader       byteSize
 
 	handshakeTimeout time.Duration
 	drainTimeout     time.Duration
@@ -57,9 +61,9 @@ var flagGroups = []struct {
 	title string
 	names []string
 }{
-	{"Listeners", []string{"listen", "control", "api"}},
-	{"Requests to the API", []string{"max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
-	{"Limits per client", []string{"max-message-size", "max-pending", "max-outgoing", "max-header-size", "handshake-timeout"}},
+	{"Listeners", []string{"listen", "control", "api", "api-file"}},
+	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
+	{"Limits", []string{"max-message-size", "max-pending", "max-pending-total", "max-outgoing", "max-header-size", "handshake-timeout"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
 
@@ -69,7 +73,9 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	// printed for -h only.
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.listen, "listen", ":7001", "public listener `address`: WebSocket upgrades at /<id>")
-	fs.StringVar(&cfg.api, "api", "http://localhost:8000/", "API base `URL`; the client id is appended (GET/POST/DELETE <url><id>)")
+	fs.StringVar(&cfg.api, "api", "http://localhost:8000/", "API base `URLs`, comma-separated; the client id is appended (GET/POST/DELETE <url><id>); with several, requests go to the healthy ones in turn")
+	fs.StringVar(&cfg.apiFile, "api-file", "", "read the API base URLs from `file` (one per line, # comments) instead of -api; SIGHUP re-reads it")
+	fs.StringVar(&cfg.apiHealthPath, "api-health-path", "", "`path` under each API base probed with GET (2xx = healthy) to bring a failed backend back; default: a TCP connect")
 	fs.StringVar(&cfg.control, "control", "127.0.0.1:7002", "control listener `address`: push, info, kick, broadcast, /metrics, /healthz, /debug/pprof/ (never make it public)")
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file`")
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile at exit to `file`")
@@ -81,9 +87,10 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.DurationVar(&cfg.retryMax, "retry-max", 5*time.Second, "longest wait between retries")
 	fs.DurationVar(&cfg.retryGiveUp, "retry-give-up", 5*time.Minute, "how long a message may keep failing before its client is closed with 1013")
 	fs.StringVar(&cfg.forwardHeaders, "forward-headers", strings.Join(gateway.DefaultForwardHeaders, ","), "client handshake `headers` sent on with the connect GET (comma-separated)")
-	cfg.maxMessage, cfg.maxPending, cfg.maxOutgoing, cfg.maxHeader = 1<<20, 5<<20, 4<<20, 8<<10
+	cfg.maxMessage, cfg.maxPending, cfg.maxPendingTotal, cfg.maxOutgoing, cfg.maxHeader = 1<<20, 5<<20, 1<<30, 4<<20, 8<<10
 	fs.Var(&cfg.maxMessage, "max-message-size", "largest message either way; a client sending more is closed with 1009 (`bytes`, e.g. 64KiB)")
 	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API; past it the client is closed with 1013 (`bytes`)")
+	fs.Var(&cfg.maxPendingTotal, "max-pending-total", "all clients' messages waiting for the API; past it a client that sends is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
 	fs.Var(&cfg.maxHeader, "max-header-size", "largest upgrade request head (`bytes`)")
 	fs.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to send its upgrade request")
@@ -166,8 +173,15 @@ func parseFlags(args []string, getenv func(string) string, stdout io.Writer) (*c
 
 func (c *config) check() error {
 	bad := func(name, why string) error { return fmt.Errorf("invalid value for flag -%s: %s", name, why) }
-	if _, err := upstream.ParseBaseURL(c.api); err != nil {
+	if c.apiFile != "" {
+		if _, err := c.backends(); err != nil {
+			return bad("api-file", err.Error())
+		}
+	} else if _, err := upstream.ParseBackends(c.api); err != nil {
 		return bad("api", err.Error())
+	}
+	if c.apiHealthPath != "" && (!strings.HasPrefix(c.apiHealthPath, "/") || strings.ContainsAny(c.apiHealthPath, "?# ")) {
+		return bad("api-health-path", "must be a path starting with /")
 	}
 	if c.listen == "" {
 		return bad("listen", "empty address")
@@ -202,7 +216,7 @@ func (c *config) check() error {
 		name string
 		v    byteSize
 	}{
-		{"max-message-size", c.maxMessage}, {"max-pending", c.maxPending},
+		{"max-message-size", c.maxMessage}, {"max-pending", c.maxPending}, {"max-pending-total", c.maxPendingTotal},
 		{"max-outgoing", c.maxOutgoing}, {"max-header-size", c.maxHeader},
 	} {
 		if b.v <= 0 {
@@ -224,6 +238,22 @@ func (c *config) check() error {
 		}
 	}
 	return nil
+}
+
+// backends returns the API base URLs: from -api-file if set, else -api.
+func (c *config) backends() ([]string, error) {
+	if c.apiFile == "" {
+		return upstream.ParseBackends(c.api)
+	}
+	b, err := os.ReadFile(c.apiFile)
+	if err != nil {
+		return nil, err
+	}
+	bases, err := upstream.ParseBackends(string(b))
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.apiFile, err)
+	}
+	return bases, nil
 }
 
 // byteSize is a flag value in bytes: a number with an optional unit (B,

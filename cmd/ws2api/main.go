@@ -14,6 +14,8 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"syscall"
 	"time"
 
@@ -96,29 +98,72 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return err
 	}
 	defer lp.Stop()
-	client, err := upstream.NewPipeline(upstream.PipelineOptions{
-		Loop:         lp,
-		BaseURL:      cfg.api,
-		MaxConns:     cfg.maxConnsPerHost,
-		MaxIdle:      cfg.maxIdleConnsPerHost,
-		Depth:        cfg.pipeline,
-		Timeout:      cfg.timeout,
-		MaxBodyBytes: max(int64(cfg.maxMessage), 16<<20),
-		Observer:     m,
+	bases, err := cfg.backends()
+	if err != nil {
+		return err
+	}
+	var gwReady atomic.Pointer[gateway.Server] // for OnRecover, which may run before gw exists
+	var backendGauges sync.Map                 // base URL -> func() removing its gauge
+	pool, err := upstream.NewPool(bases, upstream.PoolOptions{
+		Pipeline: upstream.PipelineOptions{
+			Loop:         lp,
+			MaxConns:     cfg.maxConnsPerHost,
+			MaxIdle:      cfg.maxIdleConnsPerHost,
+			Depth:        cfg.pipeline,
+			Timeout:      cfg.timeout,
+			MaxBodyBytes: max(int64(cfg.maxMessage), 16<<20),
+			Observer:     m,
+		},
+		HealthPath: cfg.apiHealthPath,
+		OnChange: func(base string, e upstream.BackendEvent) {
+			switch e {
+			case upstream.BackendDown:
+				log.Warn("API backend out: its requests fail", "backend", base)
+			case upstream.BackendUp:
+				log.Info("API backend back", "backend", base)
+			case upstream.BackendAdded:
+				log.Info("API backend added", "backend", base)
+			case upstream.BackendRemoved:
+				log.Info("API backend removed", "backend", base)
+			}
+		},
+		OnRecover: func() {
+			if g := gwReady.Load(); g != nil {
+				g.RetryNow()
+			}
+		},
 	})
 	if err != nil {
 		return err
 	}
-	defer client.Close()
+	defer pool.Close()
+	trackBackends := func() {
+		serving := pool.Backends()
+		for base := range serving {
+			if _, ok := backendGauges.Load(base); !ok {
+				b := base
+				backendGauges.Store(b, m.Backend(b, func() bool { return pool.Backends()[b] }))
+			}
+		}
+		backendGauges.Range(func(k, v any) bool {
+			if _, ok := serving[k.(string)]; !ok {
+				v.(func())()
+				backendGauges.Delete(k)
+			}
+			return true
+		})
+	}
+	trackBackends()
 
 	gw, err := gateway.New(gateway.Options{
 		Loop:             lp,
-		API:              client,
+		API:              pool,
 		Retry:            upstream.RetryPolicy{Backoff: upstream.Backoff{First: cfg.retryFirst, Max: cfg.retryMax}, GiveUpAfter: cfg.retryGiveUp},
 		Logger:           log,
 		Metrics:          m,
 		MaxMessageBytes:  int64(cfg.maxMessage),
 		MaxPendingBytes:  int64(cfg.maxPending),
+		MaxPendingTotal:  int64(cfg.maxPendingTotal),
 		MaxOutgoingBytes: int(cfg.maxOutgoing),
 		MaxHeaderBytes:   int(cfg.maxHeader),
 		HandshakeTimeout: cfg.handshakeTimeout,
@@ -127,6 +172,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	gwReady.Store(gw)
 
 	publicLn, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
@@ -148,15 +194,30 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	go func() { gwDone <- gw.Serve(publicLn) }()
 
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
-		"api", cfg.api, "version", version)
+		"api", strings.Join(bases, ","), "version", version)
+
+	// SIGHUP reloads what can change without dropping a connection: the
+	// API backends listed in -api-file.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
 
 	var runErr error
-	select {
-	case <-ctx.Done():
-	case runErr = <-gwDone:
-		runErr = fmt.Errorf("public listener: %w", runErr)
-	case runErr = <-ctlDone:
-		runErr = fmt.Errorf("control listener: %w", runErr)
+wait:
+	for {
+		select {
+		case <-ctx.Done():
+			break wait
+		case <-hup:
+			reload(cfg, pool, log)
+			trackBackends()
+		case runErr = <-gwDone:
+			runErr = fmt.Errorf("public listener: %w", runErr)
+			break wait
+		case runErr = <-ctlDone:
+			runErr = fmt.Errorf("control listener: %w", runErr)
+			break wait
+		}
 	}
 
 	log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
@@ -170,6 +231,23 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	_ = ctl.Close()
 	return runErr
+}
+
+// reload re-reads -api-file on SIGHUP.
+func reload(cfg *config, pool *upstream.Pool, log *slog.Logger) {
+	if cfg.apiFile == "" {
+		log.Info("SIGHUP: nothing to reload (the API backends come from -api, not -api-file)")
+		return
+	}
+	bases, err := cfg.backends()
+	if err == nil {
+		err = pool.SetBackends(bases)
+	}
+	if err != nil {
+		log.Error("SIGHUP: API backends not reloaded; the old list stays", "file", cfg.apiFile, "error", err)
+		return
+	}
+	log.Info("SIGHUP: API backends reloaded", "backends", strings.Join(bases, ","))
 }
 
 func writeHeapProfile(path string, log *slog.Logger) {

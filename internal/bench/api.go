@@ -9,7 +9,13 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"os"
+	"os/signal"
 	"strconv"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
 
 	"github.com/lesismal/nbio"
 
@@ -26,15 +32,37 @@ type EchoAPI struct {
 	loop *loop.Loop
 	ln   net.Listener
 	Addr string
+
+	opts EchoOptions
+	// until is when the API starts answering (unix nanoseconds): before it,
+	// every request gets 503.
+	until atomic.Int64
+	logMu sync.Mutex
+}
+
+// EchoOptions are the echo API's test knobs.
+type EchoOptions struct {
+	// Log, if set, gets one line per request answered 2xx:
+	// METHOD /id connection-id "body" (the body quoted), written before the
+	// answer.
+	Log io.Writer
+	// UnavailableFor makes every request get 503 for that long after the
+	// start, as an API that is starting up or overloaded.
+	UnavailableFor time.Duration
 }
 
 // StartEchoAPI listens on addr.
-func StartEchoAPI(addr string, pollers int) (*EchoAPI, error) {
+func StartEchoAPI(addr string, pollers int, opts ...EchoOptions) (*EchoAPI, error) {
 	l, err := loop.New("echo-api", pollers, 0)
 	if err != nil {
 		return nil, err
 	}
-	l.OnAccept(func(*nbio.Conn) loop.Handler { return &echoConn{} })
+	a := &EchoAPI{loop: l}
+	if len(opts) > 0 {
+		a.opts = opts[0]
+	}
+	a.until.Store(time.Now().Add(a.opts.UnavailableFor).UnixNano())
+	l.OnAccept(func(*nbio.Conn) loop.Handler { return &echoConn{api: a} })
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		l.Stop()
@@ -49,8 +77,12 @@ func StartEchoAPI(addr string, pollers int) (*EchoAPI, error) {
 			_ = l.AddAccepted(c)
 		}
 	}()
-	return &EchoAPI{loop: l, ln: ln, Addr: ln.Addr().String()}, nil
+	a.ln, a.Addr = ln, ln.Addr().String()
+	return a, nil
 }
+
+// Unavailable makes every request get 503 for d from now.
+func (a *EchoAPI) Unavailable(d time.Duration) { a.until.Store(time.Now().Add(d).UnixNano()) }
 
 // Stop closes the listener and every connection.
 func (a *EchoAPI) Stop() {
@@ -59,8 +91,10 @@ func (a *EchoAPI) Stop() {
 }
 
 type echoConn struct {
+	api *EchoAPI
 	in  []byte
 	out []byte
+	log []byte
 }
 
 // OnData answers every complete request (loop.Handler).
@@ -88,14 +122,21 @@ func (ec *echoConn) serve(data []byte) ([]byte, error) {
 		buf = ec.in
 	}
 	out := ec.out[:0]
+	ec.log = ec.log[:0]
 	var err error
 	for len(buf) > 0 {
 		var n int
-		out, n, err = answer(out, buf)
+		out, n, err = ec.answer(out, buf)
 		if err != nil || n == 0 {
 			break
 		}
 		buf = buf[n:]
+	}
+	if len(ec.log) > 0 {
+		// One write for the batch, before the answers go out.
+		ec.api.logMu.Lock()
+		_, _ = ec.api.opts.Log.Write(ec.log)
+		ec.api.logMu.Unlock()
 	}
 	if err != nil {
 		out = append(out, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
@@ -114,7 +155,7 @@ func (ec *echoConn) serve(data []byte) ([]byte, error) {
 
 // answer appends the answer to the request at the start of b and returns
 // the bytes consumed, or 0 if the request is not complete.
-func answer(out, b []byte) ([]byte, int, error) {
+func (ec *echoConn) answer(out, b []byte) ([]byte, int, error) {
 	end := bytes.Index(b, []byte("\r\n\r\n"))
 	if end < 0 {
 		if len(b) > 64<<10 {
@@ -125,7 +166,7 @@ func answer(out, b []byte) ([]byte, int, error) {
 	head := b[:end]
 	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	method, _, _ := bytes.Cut(line, []byte(" "))
-	length, ctype := 0, []byte(nil)
+	length, ctype, connID := 0, []byte(nil), []byte("-")
 	for len(rest) > 0 {
 		var h []byte
 		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
@@ -143,6 +184,8 @@ func answer(out, b []byte) ([]byte, int, error) {
 			length = n
 		case bytes.EqualFold(name, []byte("Content-Type")):
 			ctype = value
+		case bytes.EqualFold(name, []byte("X-Ws2api-Connection-Id")):
+			connID = value
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
 			return out, 0, errBadRequest
 		}
@@ -152,6 +195,20 @@ func answer(out, b []byte) ([]byte, int, error) {
 		return out, 0, nil
 	}
 	body := b[end+4 : total]
+	if time.Now().UnixNano() < ec.api.until.Load() {
+		return append(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"...), total, nil
+	}
+	if ec.api.opts.Log != nil {
+		target, _, _ := bytes.Cut(bytes.TrimPrefix(line, append(method, ' ')), []byte(" "))
+		ec.log = append(ec.log, method...)
+		ec.log = append(ec.log, ' ')
+		ec.log = append(ec.log, target...)
+		ec.log = append(ec.log, ' ')
+		ec.log = append(ec.log, connID...)
+		ec.log = append(ec.log, ' ')
+		ec.log = strconv.AppendQuote(ec.log, string(body))
+		ec.log = append(ec.log, '\n')
+	}
 	switch string(method) {
 	case "GET":
 		out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"...)
@@ -177,15 +234,37 @@ func runAPI(ctx context.Context, args []string, stdout io.Writer) error {
 	fs.SetOutput(stdout)
 	listen := fs.String("listen", "127.0.0.1:8000", "address to serve the echo API on")
 	pollers := fs.Int("pollers", 1, "event-loop goroutines")
+	logFile := fs.String("log", "", "append one line per request answered 2xx to this `file`: METHOD /id connection-id \"body\"")
+	unavailable := fs.Duration("unavailable-for", 0, "answer 503 to every request for this long after starting, and again after each SIGUSR1")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
-	api, err := StartEchoAPI(*listen, *pollers)
+	var opts EchoOptions
+	opts.UnavailableFor = *unavailable
+	if *logFile != "" {
+		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
+		if err != nil {
+			return err
+		}
+		defer f.Close()
+		opts.Log = f
+	}
+	api, err := StartEchoAPI(*listen, *pollers, opts)
 	if err != nil {
 		return fmt.Errorf("echo API: %w", err)
 	}
 	slog.Info("echo API serving", "addr", api.Addr)
-	<-ctx.Done()
-	api.Stop()
-	return nil
+	usr1 := make(chan os.Signal, 1)
+	signal.Notify(usr1, syscall.SIGUSR1)
+	defer signal.Stop(usr1)
+	for {
+		select {
+		case <-ctx.Done():
+			api.Stop()
+			return nil
+		case <-usr1:
+			api.Unavailable(*unavailable)
+			slog.Info("echo API unavailable", "for", unavailable.String())
+		}
+	}
 }

@@ -37,10 +37,11 @@ type closeInfo struct {
 }
 
 var (
-	closeShutdown = closeInfo{code: ws.CloseGoingAway, reason: "going away", cause: metrics.CauseShutdown}
-	closeReplaced = closeInfo{code: ws.CloseReplaced, reason: "replaced", cause: metrics.CauseReplaced, noDelete: true}
-	closeBacklog  = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later", cause: metrics.CauseBacklog}
-	closeGaveUp   = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later: the API is unavailable", cause: metrics.CauseAPIGaveUp}
+	closeShutdown    = closeInfo{code: ws.CloseGoingAway, reason: "going away", cause: metrics.CauseShutdown}
+	closeReplaced    = closeInfo{code: ws.CloseReplaced, reason: "replaced", cause: metrics.CauseReplaced, noDelete: true}
+	closeBacklog     = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later", cause: metrics.CauseBacklog}
+	closeGatewayFull = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later: gateway backlog full", cause: metrics.CauseGatewayFull}
+	closeGaveUp      = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later: the API is unavailable", cause: metrics.CauseAPIGaveUp}
 )
 
 // conn is one client connection and its state machine. nbio's event loop
@@ -78,13 +79,15 @@ type conn struct {
 	attempt      int
 	firstTry     time.Time
 	retry        *time.Timer
+	retryDue     bool // the request in flight waits out a backoff
 	pendingBytes int64
 	deleteDue    bool // the socket closed: DELETE after the queue drains
 	deleteSent   bool
 
 	end        closeInfo
 	ended      bool // end is set: the first reason wins
-	discard    bool // input is no longer read (after a protocol error or a cap)
+	discard    bool // input is no longer read (after a protocol error)
+	dropData   bool // data messages are dropped, control frames still read (after a cap)
 	closeTimer *time.Timer
 }
 
@@ -270,7 +273,9 @@ func (c *conn) readFrames(data []byte) {
 		buf = buf[n:]
 		switch m.Op {
 		case ws.OpText, ws.OpBinary:
-			c.enqueue(m.Op, m.Payload)
+			if !c.dropData {
+				c.enqueue(m.Op, m.Payload)
+			}
 		case ws.OpPing:
 			if c.state == stOpen {
 				_ = c.writeFrameLocked(ws.OpPong, m.Payload)

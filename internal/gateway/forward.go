@@ -43,9 +43,14 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	s.m.MessagesIn.Inc()
 	s.m.BytesIn.AddInt64(n)
 	c.lastActive.Store(time.Now().UnixNano())
-	if c.pendingBytes+n > s.opts.MaxPendingBytes {
+	switch {
+	case c.pendingBytes+n > s.opts.MaxPendingBytes:
 		c.closeLocked(closeBacklog)
-		c.discard = true
+		c.dropData = true
+		return
+	case s.pending.bytes.Load()+n > s.opts.MaxPendingTotal:
+		c.closeLocked(closeGatewayFull)
+		c.dropData = true
 		return
 	}
 	msg := message{op: op, buf: getBuf(payload)}
@@ -111,6 +116,10 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 			} else {
 				c.retry.Reset(wait)
 			}
+			c.retryDue = true
+			s.retryMu.Lock()
+			s.retrying[c] = struct{}{}
+			s.retryMu.Unlock()
 			return
 		}
 		gaveUp = true
@@ -154,8 +163,14 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 
 // retryNow sends the request in flight again, after its backoff.
 func (c *conn) retryNow() {
+	c.s.retryMu.Lock()
+	delete(c.s.retrying, c)
+	c.s.retryMu.Unlock()
 	c.mu.Lock()
-	c.sendLocked()
+	if c.retryDue {
+		c.retryDue = false
+		c.sendLocked()
+	}
 	c.mu.Unlock()
 }
 

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"net"
 	"runtime"
 	"strings"
@@ -58,6 +59,10 @@ type Options struct {
 	// MaxPendingBytes bounds one client's messages waiting for the API; past
 	// it the client is closed with 1013. Default 5 MiB.
 	MaxPendingBytes int64
+	// MaxPendingTotal bounds all clients' messages waiting for the API, so
+	// that a long outage with many clients cannot exhaust memory: past it,
+	// a client that sends is closed with 1013. Default 1 GiB.
+	MaxPendingTotal int64
 	// MaxOutgoingBytes bounds the bytes waiting to be written to one client
 	// (beyond what the kernel holds); a client that lets more pile up is
 	// closed as a slow consumer. Default 4 MiB.
@@ -103,6 +108,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxPendingBytes <= 0 {
 		o.MaxPendingBytes = 5 << 20
+	}
+	if o.MaxPendingTotal <= 0 {
+		o.MaxPendingTotal = 1 << 30
 	}
 	if o.MaxOutgoingBytes <= 0 {
 		o.MaxOutgoingBytes = 4 << 20
@@ -160,6 +168,9 @@ type Server struct {
 	apiWork  atomic.Int64 // connections with a request to the API in flight or due
 	pending  pendingGauge
 
+	retryMu  sync.Mutex
+	retrying map[*conn]struct{} // connections waiting to send a request again
+
 	mu     sync.Mutex
 	ln     net.Listener
 	accept sync.WaitGroup
@@ -184,6 +195,7 @@ func New(opts Options) (*Server, error) {
 	}
 	s.reg.init()
 	s.pending.m = s.m
+	s.retrying = map[*conn]struct{}{}
 	s.loop = opts.Loop
 	if s.loop == nil {
 		if s.loop, err = loop.New("ws2api", opts.Pollers, opts.MaxOutgoingBytes); err != nil {
@@ -274,6 +286,26 @@ func (s *Server) waitIdle(ctx context.Context) error {
 				s.reg.count(), s.apiWork.Load(), ctx.Err())
 		case <-tick.C:
 		}
+	}
+}
+
+// RetryNow sends again, within the next quarter second, every request
+// waiting out a backoff: the API is back (upstream.PoolOptions.OnRecover),
+// so the backlog drains now rather than when each backoff ends. The
+// spread keeps the returning API from getting them all at once.
+func (s *Server) RetryNow() {
+	s.retryMu.Lock()
+	waiting := make([]*conn, 0, len(s.retrying))
+	for c := range s.retrying {
+		waiting = append(waiting, c)
+	}
+	s.retryMu.Unlock()
+	for _, c := range waiting {
+		c.mu.Lock()
+		if c.retry != nil && c.retryDue {
+			c.retry.Reset(time.Duration(mrand.Int64N(int64(250 * time.Millisecond))))
+		}
+		c.mu.Unlock()
 	}
 }
 

@@ -27,13 +27,14 @@ const (
 	CauseTooBig       = "too_big"       // it sent a message over the size limit
 	CauseProtocol     = "protocol"      // it broke RFC 6455
 	CauseBacklog      = "backlog"       // its messages waiting for the API passed the cap
+	CauseGatewayFull  = "gateway_full"  // all clients' waiting messages passed the gateway's cap
 	CauseTimeout      = "timeout"       // handshake or idle timeout
 	CauseAPIGaveUp    = "api_gave_up"   // a message could not be delivered to the API in time
 )
 
 var closeCauses = []string{
 	CauseClient, CauseNetwork, CauseKick, CauseShutdown, CauseReplaced, CauseSlowConsumer,
-	CauseTooBig, CauseProtocol, CauseBacklog, CauseTimeout, CauseAPIGaveUp,
+	CauseTooBig, CauseProtocol, CauseBacklog, CauseGatewayFull, CauseTimeout, CauseAPIGaveUp,
 }
 
 // Message sources, the label values of ws2api_messages_out_total.
@@ -152,6 +153,20 @@ func (m *Metrics) Reject(status int) {
 	if c := m.Rejected[status]; c != nil {
 		c.Inc()
 	}
+}
+
+// Backend adds ws2api_api_backend_up{backend=base}, read from up at scrape
+// time; the returned func removes it.
+func (m *Metrics) Backend(base string, up func() bool) (remove func()) {
+	m.declare("ws2api_api_backend_up", "gauge", "Whether an API backend takes requests (1) or is out after failing (0).")
+	name := fmt.Sprintf(`ws2api_api_backend_up{backend=%q}`, base)
+	m.set.GetOrCreateGauge(name, func() float64 {
+		if up() {
+			return 1
+		}
+		return 0
+	})
+	return func() { m.set.UnregisterMetric(name) }
 }
 
 // Gauge adds a gauge whose value f computes at scrape time.

@@ -46,6 +46,10 @@ type PipelineOptions struct {
 	// gateway's own, so that a message goes from client to API and back on
 	// one poller. Default: a loop of the pipeline's own, with one poller.
 	Loop *loop.Loop
+
+	// outcome, if set, is told of every request's outcome (a Pool keeps
+	// its backends' health with it).
+	outcome func(Outcome)
 }
 
 func (o PipelineOptions) withDefaults() PipelineOptions {
@@ -331,8 +335,12 @@ func (p *Pipeline) observeService(d time.Duration) {
 
 // finish completes a call; nothing refers to it afterwards.
 func (p *Pipeline) finish(c *call, resp *Response, err error) {
+	outcome := Classify(resp, err)
 	if o := p.opts.Observer; o != nil {
-		o.Finished(c.r.Method, time.Since(c.start), Classify(resp, err) == Delivered)
+		o.Finished(c.r.Method, time.Since(c.start), outcome == Delivered)
+	}
+	if p.opts.outcome != nil && !errors.Is(err, ErrClosed) {
+		p.opts.outcome(outcome)
 	}
 	done := c.done
 	*c = call{}
@@ -444,6 +452,21 @@ func (p *Pipeline) janitor() {
 }
 
 var errIdle = errors.New("idle connection closed")
+
+// Idle reports whether no request is waiting or in flight.
+func (p *Pipeline) Idle() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if len(p.waiting) > 0 || p.dialing > 0 {
+		return false
+	}
+	for _, pc := range p.conns {
+		if pc.load > 0 {
+			return false
+		}
+	}
+	return true
+}
 
 // Close fails every waiting request with [ErrClosed] and closes the
 // connections.

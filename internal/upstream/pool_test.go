@@ -1,0 +1,187 @@
+package upstream
+
+import (
+	"fmt"
+	"net"
+	"net/http"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+)
+
+// restartable is an HTTP server on a fixed address that can be stopped and
+// started again, as an API being redeployed.
+type restartable struct {
+	t    *testing.T
+	addr string
+	name string
+	mu   sync.Mutex
+	srv  *http.Server
+	hits atomic.Int32
+}
+
+func newRestartable(t *testing.T, name string) *restartable {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &restartable{t: t, addr: ln.Addr().String(), name: name}
+	r.serve(ln)
+	t.Cleanup(r.stop)
+	return r
+}
+
+func (r *restartable) serve(ln net.Listener) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		r.hits.Add(1)
+		fmt.Fprint(w, r.name)
+	})}
+	r.mu.Lock()
+	r.srv = srv
+	r.mu.Unlock()
+	go srv.Serve(ln)
+}
+
+func (r *restartable) stop() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.srv != nil {
+		r.srv.Close()
+		r.srv = nil
+	}
+}
+
+func (r *restartable) start() {
+	ln, err := net.Listen("tcp", r.addr)
+	if err != nil {
+		r.t.Fatal(err)
+	}
+	r.serve(ln)
+}
+
+func (r *restartable) url() string { return "http://" + r.addr + "/" }
+
+func TestPoolSpreadsRequestsOverHealthyBackends(t *testing.T) {
+	t.Parallel()
+	a, b := newRestartable(t, "a"), newRestartable(t, "b")
+	pl, err := NewPool([]string{a.url(), b.url()}, PoolOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	for range 100 {
+		if r := do(pl, &Request{Method: "POST", Path: "x"}); r.err != nil {
+			t.Fatal(r.err)
+		}
+	}
+	if a.hits.Load() < 30 || b.hits.Load() < 30 {
+		t.Fatalf("hits a=%d b=%d: not spread", a.hits.Load(), b.hits.Load())
+	}
+}
+
+func TestPoolTakesAFailingBackendOutAndBackIn(t *testing.T) {
+	t.Parallel()
+	a, b := newRestartable(t, "a"), newRestartable(t, "b")
+	var mu sync.Mutex
+	var events []string
+	recovered := make(chan struct{}, 1)
+	pl, err := NewPool([]string{a.url(), b.url()}, PoolOptions{
+		HealthInterval: 20 * time.Millisecond,
+		OnChange: func(base string, e BackendEvent) {
+			mu.Lock()
+			events = append(events, fmt.Sprintf("%s %s", strings.TrimSuffix(strings.TrimPrefix(base, "http://"), "/"), e))
+			mu.Unlock()
+		},
+		OnRecover: func() { recovered <- struct{}{} },
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+
+	a.stop()
+	failed := 0
+	for range 40 {
+		if r := do(pl, &Request{Method: "POST", Path: "x"}); r.err != nil {
+			failed++
+		}
+	}
+	if failed > 3 {
+		t.Fatalf("%d of 40 requests failed: the dead backend was not taken out after 3", failed)
+	}
+	if pl.Backends()[a.url()] {
+		t.Fatal("the dead backend is still marked healthy")
+	}
+
+	b.stop()
+	for range 10 {
+		do(pl, &Request{Method: "POST", Path: "x"})
+	}
+	a.start()
+	select {
+	case <-recovered:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no recovery reported after a backend came back")
+	}
+	if r := do(pl, &Request{Method: "POST", Path: "x"}); r.err != nil || r.body != "a" {
+		t.Fatalf("after recovery: %+v", r)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	joined := strings.Join(events, "; ")
+	for _, want := range []string{a.addr + " down", b.addr + " down", a.addr + " up"} {
+		if !strings.Contains(joined, want) {
+			t.Errorf("events %q lack %q", joined, want)
+		}
+	}
+}
+
+func TestPoolBackendsChangeWithoutLosingRequests(t *testing.T) {
+	t.Parallel()
+	var slow atomic.Int32
+	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		slow.Add(1)
+		time.Sleep(50 * time.Millisecond)
+		fmt.Fprint(w, "old")
+	})
+	oldSrv, _ := echoServer(t, mux)
+	newSrv := newRestartable(t, "new")
+	pl, err := NewPool([]string{oldSrv.URL + "/"}, PoolOptions{HealthInterval: 10 * time.Millisecond})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	inFlight := make(chan result, 5)
+	for range 5 {
+		go func() { inFlight <- do(pl, &Request{Method: "POST", Path: "x"}) }()
+	}
+	time.Sleep(10 * time.Millisecond)
+	if err := pl.SetBackends([]string{newSrv.url()}); err != nil {
+		t.Fatal(err)
+	}
+	for range 5 {
+		if r := <-inFlight; r.err != nil || r.body != "old" {
+			t.Fatalf("request in flight on the removed backend: %+v", r)
+		}
+	}
+	if r := do(pl, &Request{Method: "POST", Path: "x"}); r.err != nil || r.body != "new" {
+		t.Fatalf("after the change: %+v", r)
+	}
+	if _, ok := pl.Backends()[oldSrv.URL+"/"]; ok {
+		t.Fatal("the removed backend is still serving")
+	}
+}
+
+func TestParseBackends(t *testing.T) {
+	got, err := ParseBackends("http://a:8000/, http://b:8000/ws\n# comment\n\nhttp://a:8000/")
+	if err != nil || strings.Join(got, " ") != "http://a:8000/ http://b:8000/ws/" {
+		t.Fatalf("%q %v", got, err)
+	}
+	for _, bad := range []string{"", " , ", "ftp://x/", "http://a/?q=1"} {
+		if _, err := ParseBackends(bad); err == nil {
+			t.Errorf("ParseBackends(%q) accepted", bad)
+		}
+	}
+}
