@@ -302,9 +302,9 @@ func (p *Pipeline) connect() (net.Conn, error) {
 	nc, err := d.DialContext(ctx, "tcp", p.addr)
 	if err != nil {
 		if IsTimeout(err) {
-			return nil, fmt.Errorf("%w: connecting to %s: %w", ErrTimeout, p.addr, err)
+			return nil, fmt.Errorf("%w: %w: connecting to %s: %w", ErrUnreachable, ErrTimeout, p.addr, err)
 		}
-		return nil, fmt.Errorf("connecting to the API: %w", err)
+		return nil, fmt.Errorf("%w: connecting to %s: %w", ErrUnreachable, p.addr, err)
 	}
 	if p.tls != nil {
 		tc := tls.Client(nc, p.tls)

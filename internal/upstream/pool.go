@@ -248,21 +248,55 @@ func (pl *Pool) checkAllDown() {
 }
 
 // Do implements [Client]: the request goes to the next healthy backend, or
-// the next one if none is.
+// the next one if none is. A GET that could not reach its backend goes on
+// to the others at once: a client is waiting for its upgrade, and a backend
+// that just died is not yet known to be out.
 func (pl *Pool) Do(r *Request, done func(*Response, error)) {
 	list := *pl.serving.Load()
 	if len(list) == 0 {
 		go done(nil, ErrClosed)
 		return
 	}
-	start := int(pl.next.Add(1))
-	for i := range list {
-		if b := list[(start+i)%len(list)]; b.healthy.Load() {
-			b.client.Do(r, done)
+	b := pl.pick(list, nil)
+	if r.Method != "GET" || len(list) == 1 {
+		b.client.Do(r, done)
+		return
+	}
+	tried := []*backend{b}
+	var try func(*Response, error)
+	try = func(resp *Response, err error) {
+		if errors.Is(err, ErrUnreachable) && len(tried) < len(list) {
+			next := pl.pick(list, tried)
+			tried = append(tried, next)
+			next.client.Do(r, try)
 			return
 		}
+		done(resp, err)
 	}
-	list[start%len(list)].client.Do(r, done)
+	b.client.Do(r, try)
+}
+
+// pick returns the next healthy backend not in skip, else the next one not
+// in skip.
+func (pl *Pool) pick(list, skip []*backend) *backend {
+	start := int(pl.next.Add(1))
+	var fallback *backend
+	for i := range list {
+		b := list[(start+i)%len(list)]
+		if slices.Contains(skip, b) {
+			continue
+		}
+		if b.healthy.Load() {
+			return b
+		}
+		if fallback == nil {
+			fallback = b
+		}
+	}
+	if fallback == nil {
+		return list[start%len(list)]
+	}
+	return fallback
 }
 
 // probe checks the backends that are out, and closes drained ones.

@@ -185,3 +185,21 @@ func TestParseBackends(t *testing.T) {
 		}
 	}
 }
+
+// A connect's GET that finds its backend gone goes to the other one at
+// once, before the dead one is known to be out.
+func TestPoolSendsAGETOnWhenItsBackendIsUnreachable(t *testing.T) {
+	t.Parallel()
+	a, b := newRestartable(t, "a"), newRestartable(t, "b")
+	pl, err := NewPool([]string{a.url(), b.url()}, PoolOptions{FailAfter: 1000})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pl.Close()
+	a.stop()
+	for i := range 20 {
+		if r := do(pl, &Request{Method: "GET", Path: "x"}); r.err != nil || r.body != "b" {
+			t.Fatalf("GET %d: %+v", i, r)
+		}
+	}
+}

@@ -127,6 +127,10 @@ func IsTimeout(err error) bool {
 // ErrTimeout is the API not answering a request within the client's timeout.
 var ErrTimeout = errors.New("api timeout")
 
+// ErrUnreachable is a request that never left: no connection to the API
+// could be opened. It is safe to send elsewhere.
+var ErrUnreachable = errors.New("API unreachable")
+
 // ErrClosed is returned for requests made after Close.
 var ErrClosed = errors.New("upstream client closed")
 
