@@ -28,9 +28,17 @@ import (
 // Hub is what the control API acts on: the gateway's connections.
 type Hub interface {
 	Push(id string, binary bool, data []byte) error
+	PushMany(ids []string, binary bool, data []byte) (notConnected []string)
 	Info(id string) (gateway.Info, error)
 	Kick(id string, code int, reason string) error
 	Broadcast(binary bool, data []byte) int
+	BroadcastGroup(group string, binary bool, data []byte) (int, error)
+	Join(id, group string) error
+	Leave(id, group string) (bool, error)
+	Groups() map[string]int
+	GroupMembers(group, after string, limit int) (ids []string, next string, err error)
+	SetMeta(id, name, value string, remove bool) error
+	Count() int
 	Draining() bool
 }
 
@@ -71,7 +79,12 @@ func New(opts Options) *Handler {
 	h.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	h.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
 	h.mux.HandleFunc("POST /{$}", h.broadcast)
+	h.mux.HandleFunc("GET /{$}", h.list)
 	h.mux.HandleFunc("/{id}", h.client)
+	h.mux.HandleFunc("PUT /{id}/groups/{group}", h.group)
+	h.mux.HandleFunc("DELETE /{id}/groups/{group}", h.group)
+	h.mux.HandleFunc("PUT /{id}/meta/{name}", h.meta)
+	h.mux.HandleFunc("DELETE /{id}/meta/{name}", h.meta)
 	return h
 }
 
@@ -185,8 +198,7 @@ func (h *Handler) info(id string) result {
 	if errors.Is(err, gateway.ErrNotConnected) {
 		return resultNotFound
 	}
-	b, _ := json.Marshal(info)
-	return result{status: http.StatusOK, ctype: "application/json", body: append(b, '\n')}
+	return jsonResult(info)
 }
 
 func (h *Handler) kick(id, rawQuery string) result {
@@ -215,6 +227,8 @@ func (h *Handler) kick(id, rawQuery string) result {
 	return resultOK
 }
 
+// broadcast serves POST /: to every client, to one group (?group=g), or to
+// the listed ids (?id=a&id=b).
 func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
 	var tooBig *http.MaxBytesError
@@ -231,9 +245,112 @@ func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 		bad.write(w)
 		return
 	}
-	n := h.opts.Hub.Broadcast(binary, body)
-	b, _ := json.Marshal(map[string]int{"delivered": n})
-	result{status: http.StatusOK, ctype: "application/json", body: append(b, '\n')}.write(w)
+	q := r.URL.Query()
+	group, ids := q.Get("group"), q["id"]
+	switch {
+	case group != "" && len(ids) > 0:
+		text(http.StatusBadRequest, "give ?group= or ?id=, not both").write(w)
+	case group != "":
+		n, err := h.opts.Hub.BroadcastGroup(group, binary, body)
+		if err != nil {
+			text(http.StatusBadRequest, "bad group: "+err.Error()).write(w)
+			return
+		}
+		jsonResult(map[string]any{"group": group, "delivered": n}).write(w)
+	case len(ids) > 0:
+		for _, id := range ids {
+			if err := gateway.ValidID(id); err != nil {
+				text(http.StatusBadRequest, "bad client id "+strconv.Quote(id)+": "+err.Error()).write(w)
+				return
+			}
+		}
+		missing := h.opts.Hub.PushMany(ids, binary, body)
+		jsonResult(map[string]any{"delivered": len(ids) - len(missing), "not_connected": append([]string{}, missing...)}).write(w)
+	default:
+		jsonResult(map[string]int{"delivered": h.opts.Hub.Broadcast(binary, body)}).write(w)
+	}
+}
+
+// list serves GET /: with ?group=g a page of its members (?after=id to go
+// on, ?limit=n, default 1000); without, the client count and the groups.
+func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
+	q := r.URL.Query()
+	group := q.Get("group")
+	if group == "" {
+		jsonResult(map[string]any{"connections": h.opts.Hub.Count(), "groups": h.opts.Hub.Groups()}).write(w)
+		return
+	}
+	limit := 1000
+	if s := q.Get("limit"); s != "" {
+		n, err := strconv.Atoi(s)
+		if err != nil || n < 1 || n > 100000 {
+			text(http.StatusBadRequest, "bad limit "+strconv.Quote(s)+": 1 to 100000").write(w)
+			return
+		}
+		limit = n
+	}
+	ids, next, err := h.opts.Hub.GroupMembers(group, q.Get("after"), limit)
+	if err != nil {
+		text(http.StatusBadRequest, "bad group: "+err.Error()).write(w)
+		return
+	}
+	jsonResult(map[string]any{"group": group, "members": append([]string{}, ids...), "next": next}).write(w)
+}
+
+// group serves PUT and DELETE /<id>/groups/<group>.
+func (h *Handler) group(w http.ResponseWriter, r *http.Request) {
+	id, group := r.PathValue("id"), r.PathValue("group")
+	if err := gateway.ValidID(id); err != nil {
+		text(http.StatusBadRequest, "bad client id: "+err.Error()).write(w)
+		return
+	}
+	var err error
+	if r.Method == http.MethodPut {
+		err = h.opts.Hub.Join(id, group)
+	} else {
+		var was bool
+		if was, err = h.opts.Hub.Leave(id, group); err == nil && !was {
+			text(http.StatusNotFound, "not in group").write(w)
+			return
+		}
+	}
+	switch {
+	case errors.Is(err, gateway.ErrNotConnected):
+		resultNotFound.write(w)
+	case err != nil:
+		text(http.StatusBadRequest, "bad group: "+err.Error()).write(w)
+	default:
+		resultOK.write(w)
+	}
+}
+
+// meta serves PUT (the body is the value) and DELETE /<id>/meta/<name>: the
+// X-Ws2api-Meta-<name> header sent with the client's later requests.
+func (h *Handler) meta(w http.ResponseWriter, r *http.Request) {
+	id, name := r.PathValue("id"), r.PathValue("name")
+	if err := gateway.ValidID(id); err != nil {
+		text(http.StatusBadRequest, "bad client id: "+err.Error()).write(w)
+		return
+	}
+	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<10))
+	if err != nil {
+		text(http.StatusBadRequest, "meta value: "+err.Error()).write(w)
+		return
+	}
+	err = h.opts.Hub.SetMeta(id, name, strings.TrimSpace(string(value)), r.Method == http.MethodDelete)
+	switch {
+	case errors.Is(err, gateway.ErrNotConnected):
+		resultNotFound.write(w)
+	case errors.Is(err, gateway.ErrBadMeta):
+		text(http.StatusBadRequest, "bad meta header: the name must be a header token, the value one line of at most 8 KiB").write(w)
+	default:
+		resultOK.write(w)
+	}
+}
+
+func jsonResult(v any) result {
+	b, _ := json.Marshal(v)
+	return result{status: http.StatusOK, ctype: "application/json", body: append(b, '\n')}
 }
 
 // messageKind says whether a pushed message is binary (Content-Type

@@ -63,9 +63,13 @@ type conn struct {
 	// Set at upgrade.
 	id          string
 	subprotocol string
+	userAgent   string            // interned: many clients share one
+	groups      []string          // the groups it is in
 	apiHeader   []upstream.Header // X-Ws2api-Connection-Id and meta headers, sent on every POST and DELETE
 	connectedAt time.Time
 	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
+	msgsIn      atomic.Uint64
+	msgsOut     atomic.Uint64
 
 	upgraded bool // it reached stOpen: the API knows it and hears of its end
 
@@ -161,7 +165,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.mu.Lock()
 	hs := c.hs
 	c.hs = nil
-	rej, protocol, meta := decide(hs, resp, err)
+	rej, protocol, meta, groups := decide(hs, resp, err)
 	accepted := rej == nil
 	switch {
 	case accepted && c.state != stAuthorizing:
@@ -190,10 +194,14 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.upgraded = true
 	c.id = hs.id
 	c.subprotocol = protocol
+	c.userAgent = intern(hs.userAgent)
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
 	c.connectedAt = time.Now()
 	c.lastActive.Store(c.connectedAt.UnixNano())
 	old := s.reg.swap(c)
+	for _, g := range groups {
+		c.joinLocked(g)
+	}
 	s.m.ConnectionsOpened.Inc()
 	s.m.Connections.Inc()
 	// A failed write closes the socket; onClose then sends the DELETE.
@@ -214,21 +222,28 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 }
 
 // decide turns the API's answer to a connect GET into an upgrade (nil
-// reject, the subprotocol, the meta headers) or an answer for the client.
-func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, protocol string, meta []upstream.Header) {
+// reject, the subprotocol, the meta headers, the groups) or an answer for
+// the client.
+func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, protocol string, meta []upstream.Header, groups []string) {
 	switch {
 	case err != nil && upstream.IsTimeout(err):
-		return &reject{status: 504, text: "the API did not answer in time"}, "", nil
+		return &reject{status: 504, text: "the API did not answer in time"}, "", nil, nil
 	case err != nil:
-		return &reject{status: 502, text: "the API is unreachable"}, "", nil
+		return &reject{status: 502, text: "the API is unreachable"}, "", nil, nil
 	case resp.Status < 200 || resp.Status > 299:
-		return &reject{status: 502, text: "the API answered " + itoa(resp.Status)}, "", nil
+		return &reject{status: 502, text: "the API answered " + itoa(resp.Status)}, "", nil, nil
 	case string(resp.Body) != "ok":
-		return &reject{status: 403, text: string(resp.Body), verbatim: true}, "", nil
+		return &reject{status: 403, text: string(resp.Body), verbatim: true}, "", nil, nil
 	}
 	protocol = resp.Get("Sec-Websocket-Protocol")
 	if protocol != "" && !contains(hs.protocols, protocol) {
-		return &reject{status: 502, text: "the API chose subprotocol " + quote(protocol) + ", which the client did not offer"}, "", nil
+		return &reject{status: 502, text: "the API chose subprotocol " + quote(protocol) + ", which the client did not offer"}, "", nil, nil
+	}
+	if list := resp.Get(HeaderGroups); list != "" {
+		var gerr error
+		if groups, gerr = parseGroups(list); gerr != nil {
+			return &reject{status: 502, text: "the API named a bad group in " + HeaderGroups + ": " + gerr.Error()}, "", nil, nil
+		}
 	}
 	for _, h := range resp.Header {
 		name := http1.CanonicalName(h.Name)
@@ -236,7 +251,7 @@ func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, pro
 			meta = append(meta, upstream.Header{Name: name, Value: h.Value})
 		}
 	}
-	return nil, protocol, meta
+	return nil, protocol, meta, groups
 }
 
 // rejectLocked answers the upgrade request with an error and closes.
@@ -383,6 +398,7 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 		return // the API knows nothing of it, or hears of its end in authorized
 	}
 	s.reg.remove(c)
+	c.leaveAllLocked()
 	s.m.ConnectionsClosed.Inc()
 	s.m.Connections.Dec()
 	s.m.Close(c.end.cause)

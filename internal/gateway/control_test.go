@@ -2,13 +2,16 @@ package gateway_test
 
 import (
 	"encoding/json"
+	"net/http"
 	"regexp"
+	"slices"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/gorilla/websocket"
 
+	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/testkit"
 )
 
@@ -161,4 +164,219 @@ func TestMetricsExposeTheSeedCountersWithHelpAndType(t *testing.T) {
 	if status, _ := h.ctl("GET", "/debug/pprof/", "", ""); status != 200 {
 		t.Errorf("/debug/pprof/ %d", status)
 	}
+}
+
+func TestInfoDescribesTheConnection(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{})
+	api.Handle(func(c testkit.Call) testkit.Answer {
+		if c.Method == "GET" {
+			return testkit.Answer{Body: "ok", Header: http.Header{
+				"X-Ws2api-Groups": {"site-7, chargers"}, "X-Ws2api-Meta-Tenant": {"acme"}}}
+		}
+		return testkit.Default(c)
+	})
+	c := testkit.Dial(t, h.url("CP-info"), http.Header{"User-Agent": {"charger/2.1"}})
+	_ = c.WriteMessage(1, []byte("hi"))
+	testkit.Read(t, c, wait)
+	status, body := h.ctl("GET", "/CP-info", "", "")
+	var info gateway.Info
+	if status != 200 || json.Unmarshal([]byte(body), &info) != nil {
+		t.Fatalf("%d %s", status, body)
+	}
+	if info.UserAgent != "charger/2.1" || !slices.Equal(info.Groups, []string{"site-7", "chargers"}) ||
+		info.Meta["Tenant"] != "acme" || info.MessagesIn != 1 || info.MessagesOut != 1 || info.RemoteAddr == "" ||
+		time.Since(info.ConnectedAt) > time.Minute || info.LastActiveAt.Before(info.ConnectedAt) {
+		t.Fatalf("info %+v", info)
+	}
+}
+
+func TestGroups(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{})
+	api.Handle(func(c testkit.Call) testkit.Answer {
+		if c.Method != "GET" {
+			return testkit.Default(c)
+		}
+		switch c.ID {
+		case "g1", "g2":
+			return testkit.Answer{Body: "ok", Header: http.Header{"X-Ws2api-Groups": {"room"}}}
+		case "badgroup":
+			return testkit.Answer{Body: "ok", Header: http.Header{"X-Ws2api-Groups": {"ok-name, no spaces"}}}
+		}
+		return testkit.Default(c)
+	})
+	g1 := testkit.Dial(t, h.url("g1"), nil)
+	g2 := testkit.Dial(t, h.url("g2"), nil)
+	g3 := testkit.Dial(t, h.url("g3"), nil)
+	h.waitCount(3)
+
+	// g3 joins through the control API.
+	if status, body := h.ctl("PUT", "/g3/groups/room", "", ""); status != 200 {
+		t.Fatalf("join: %d %s", status, body)
+	}
+	status, body := h.ctl("POST", "/?group=room", "text/plain", "to the room")
+	if status != 200 || !strings.Contains(body, `"delivered":3`) {
+		t.Fatalf("group broadcast: %d %s", status, body)
+	}
+	for _, c := range []*websocket.Conn{g1, g2, g3} {
+		if _, got := testkit.Read(t, c, wait); got != "to the room" {
+			t.Fatalf("got %q", got)
+		}
+	}
+	// Members, two to a page.
+	var page struct {
+		Members []string `json:"members"`
+		Next    string   `json:"next"`
+	}
+	_, body = h.ctl("GET", "/?group=room&limit=2", "", "")
+	if json.Unmarshal([]byte(body), &page) != nil || !slices.Equal(page.Members, []string{"g1", "g2"}) || page.Next != "g2" {
+		t.Fatalf("page 1: %s", body)
+	}
+	_, body = h.ctl("GET", "/?group=room&limit=2&after="+page.Next, "", "")
+	if json.Unmarshal([]byte(body), &page) != nil || !slices.Equal(page.Members, []string{"g3"}) || page.Next != "" {
+		t.Fatalf("page 2: %s", body)
+	}
+	// g1 leaves; a closed client leaves by itself.
+	if status, _ := h.ctl("DELETE", "/g1/groups/room", "", ""); status != 200 {
+		t.Fatalf("leave: %d", status)
+	}
+	if status, _ := h.ctl("DELETE", "/g1/groups/room", "", ""); status != 404 {
+		t.Fatalf("leaving twice: %d, want 404", status)
+	}
+	g2.Close()
+	api.WaitDelete("g2", wait)
+	_, body = h.ctl("GET", "/?group=room", "", "")
+	if !strings.Contains(body, `"members":["g3"]`) {
+		t.Fatalf("members after leaving: %s", body)
+	}
+	_, body = h.ctl("GET", "/", "", "")
+	if !strings.Contains(body, `"room":1`) || !strings.Contains(body, `"connections":2`) {
+		t.Fatalf("summary: %s", body)
+	}
+
+	// Bad names are refused with a clear answer.
+	for _, c := range []struct{ method, path string }{
+		{"PUT", "/g3/groups/bad!name"}, {"POST", "/?group=bad!name"}, {"GET", "/?group=bad!name"},
+	} {
+		if status, body := h.ctl(c.method, c.path, "text/plain", "x"); status != 400 || !strings.Contains(body, "group name") {
+			t.Errorf("%s %s: %d %q, want 400 naming the group", c.method, c.path, status, body)
+		}
+	}
+	if status, _ := h.ctl("PUT", "/nobody/groups/room", "", ""); status != 404 {
+		t.Errorf("join an unknown id: %d, want 404", status)
+	}
+	// An API naming a bad group fails the connect with 502.
+	if status, body := testkit.DialStatus(t, h.url("badgroup"), nil); status != 502 || !strings.Contains(body, "group") {
+		t.Fatalf("API naming a bad group: %d %q", status, body)
+	}
+}
+
+func TestPushToManyIDs(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{})
+	a := testkit.Dial(t, h.url("m-a"), nil)
+	b := testkit.Dial(t, h.url("m-b"), nil)
+	h.waitCount(2)
+	status, body := h.ctl("POST", "/?id=m-a&id=m-b&id=m-gone", "application/octet-stream", "\x01\x02")
+	var res struct {
+		Delivered    int      `json:"delivered"`
+		NotConnected []string `json:"not_connected"`
+	}
+	if status != 200 || json.Unmarshal([]byte(body), &res) != nil || res.Delivered != 2 || !slices.Equal(res.NotConnected, []string{"m-gone"}) {
+		t.Fatalf("%d %s", status, body)
+	}
+	for _, c := range []*websocket.Conn{a, b} {
+		if typ, got := testkit.Read(t, c, wait); typ != websocket.BinaryMessage || got != "\x01\x02" {
+			t.Fatalf("got %d %q", typ, got)
+		}
+	}
+	if status, _ := h.ctl("POST", "/?id=m-a&group=x", "text/plain", "x"); status != 400 {
+		t.Fatalf("ids and a group: %d, want 400", status)
+	}
+	if status, _ := h.ctl("POST", "/?id=bad$id", "text/plain", "x"); status != 400 {
+		t.Fatalf("a bad id: %d, want 400", status)
+	}
+}
+
+func TestMetaHeadersChangeThroughTheControlAPI(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{})
+	c := testkit.Dial(t, h.url("meta2"), nil)
+	h.waitCount(1)
+	if status, body := h.ctl("PUT", "/meta2/meta/Role", "text/plain", "admin"); status != 200 {
+		t.Fatalf("set: %d %s", status, body)
+	}
+	_ = c.WriteMessage(1, []byte("one"))
+	testkit.Read(t, c, wait)
+	if status, _ := h.ctl("DELETE", "/meta2/meta/Role", "", ""); status != 200 {
+		t.Fatal("remove")
+	}
+	_ = c.WriteMessage(1, []byte("two"))
+	testkit.Read(t, c, wait)
+	posts := api.CallsFor("meta2")[1:]
+	if got := posts[0].Header.Get("X-Ws2api-Meta-Role"); got != "admin" {
+		t.Errorf("first POST carries Role %q", got)
+	}
+	if got := posts[1].Header.Get("X-Ws2api-Meta-Role"); got != "" {
+		t.Errorf("second POST still carries Role %q", got)
+	}
+	if status, _ := h.ctl("PUT", "/meta2/meta/Bad%20Name", "text/plain", "x"); status != 400 {
+		t.Errorf("a bad name: %d, want 400", status)
+	}
+	if status, _ := h.ctl("PUT", "/meta2/meta/Role", "text/plain", "line\nbreak"); status != 400 {
+		t.Errorf("a value with a line break: %d, want 400", status)
+	}
+}
+
+// A client that stops reading is closed once its outgoing queue passes the
+// cap; another client keeps getting every message meanwhile.
+func TestSlowConsumerIsClosedWhileOthersReceive(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxOutgoingBytes: 256 << 10, MaxMessageBytes: 1 << 20}})
+	slow := testkit.DialRaw(t, h.addr, "slow") // never reads
+	fast := testkit.Dial(t, h.url("fast"), nil)
+	h.waitCount(2)
+	chunk := strings.Repeat("z", 512<<10)
+	received := make(chan int, 1)
+	go func() {
+		n := 0
+		for {
+			_ = fast.SetReadDeadline(time.Now().Add(10 * time.Second))
+			if _, _, err := fast.ReadMessage(); err != nil {
+				received <- n
+				return
+			}
+			if n++; n == 60 {
+				received <- n
+				return
+			}
+		}
+	}()
+	slowClosed := false
+	for range 60 {
+		_, _ = h.ctl("POST", "/fast", "text/plain", chunk)
+		if status, _ := h.ctl("POST", "/slow", "text/plain", chunk); status == 404 {
+			slowClosed = true
+		}
+	}
+	if n := <-received; n != 60 {
+		t.Fatalf("the fast client got %d of 60 messages", n)
+	}
+	if !slowClosed {
+		t.Fatal("30 MiB pushed to a client that does not read, and it is still connected")
+	}
+	del := api.WaitDelete("slow", wait)
+	if del.Header.Get("X-Ws2api-Close-Code") != "1008" {
+		t.Fatalf("DELETE code %q, want 1008", del.Header.Get("X-Ws2api-Close-Code"))
+	}
+	if n := h.m.Closes["slow_consumer"].Get(); n != 1 {
+		t.Fatalf("closes{cause=slow_consumer} = %d", n)
+	}
+	_ = slow.Close()
 }

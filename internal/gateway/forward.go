@@ -4,6 +4,8 @@ import (
 	"errors"
 	"strconv"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -42,6 +44,7 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	n := int64(len(payload))
 	s.m.MessagesIn.Inc()
 	s.m.BytesIn.AddInt64(n)
+	c.msgsIn.Add(1)
 	c.lastActive.Store(time.Now().UnixNano())
 	switch {
 	case c.pendingBytes+n > s.opts.MaxPendingBytes:
@@ -244,6 +247,7 @@ func (c *conn) writeDataLocked(op ws.Opcode, data []byte, source string) error {
 		return ErrNotConnected
 	}
 	c.lastActive.Store(time.Now().UnixNano())
+	c.msgsOut.Add(1)
 	c.s.m.MessagesOut[source].Inc()
 	c.s.m.BytesOut.Add(len(data))
 	return nil
@@ -261,6 +265,30 @@ func contains(list []string, s string) bool {
 	}
 	return false
 }
+
+// intern returns one shared copy of s: many clients send the same
+// User-Agent, and a million connections should not hold a million copies.
+func intern(s string) string {
+	if s == "" {
+		return ""
+	}
+	if v, ok := interned.Load(s); ok {
+		return v.(string)
+	}
+	if internedN.Load() >= 4096 {
+		return s
+	}
+	v, loaded := interned.LoadOrStore(s, s)
+	if !loaded {
+		internedN.Add(1)
+	}
+	return v.(string)
+}
+
+var (
+	interned  sync.Map
+	internedN atomic.Int32
+)
 
 // hostOf returns the host part of a host:port address.
 func hostOf(addr string) string {

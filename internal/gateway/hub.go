@@ -3,17 +3,46 @@ package gateway
 import (
 	"errors"
 	"runtime"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/http1"
 	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/upstream"
 	"github.com/ws2api/ws2api/internal/ws"
 )
+
+// What the control API calls: push to one client or many, describe one,
+// close one, broadcast to all or to a group, manage groups and meta
+// headers.
 
 // ErrNotConnected is returned for an id with no open connection on this
 // node.
 var ErrNotConnected = errors.New("not connected")
+
+// open returns the open connection holding id, locked; the caller unlocks.
+func (s *Server) open(id string) (*conn, error) {
+	c := s.reg.get(id)
+	if c == nil {
+		return nil, ErrNotConnected
+	}
+	c.mu.Lock()
+	if c.state != stOpen {
+		c.mu.Unlock()
+		return nil, ErrNotConnected
+	}
+	return c, nil
+}
+
+func opcode(binary bool) ws.Opcode {
+	if binary {
+		return ws.OpBinary
+	}
+	return ws.OpText
+}
 
 // Push sends one message to the client holding id.
 func (s *Server) Push(id string, binary bool, data []byte) error {
@@ -22,11 +51,7 @@ func (s *Server) Push(id string, binary bool, data []byte) error {
 		s.m.PushesNotFound.Inc()
 		return ErrNotConnected
 	}
-	op := ws.OpText
-	if binary {
-		op = ws.OpBinary
-	}
-	if err := c.send(op, data, metrics.SourcePush); err != nil {
+	if err := c.send(opcode(binary), data, metrics.SourcePush); err != nil {
 		s.m.PushesNotFound.Inc()
 		return err
 	}
@@ -34,32 +59,56 @@ func (s *Server) Push(id string, binary bool, data []byte) error {
 	return nil
 }
 
+// PushMany sends one message to each of ids and returns those that are not
+// connected. The frame is encoded once.
+func (s *Server) PushMany(ids []string, binary bool, data []byte) (notConnected []string) {
+	frame := ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), opcode(binary), data, nil)
+	for _, id := range ids {
+		if c := s.reg.get(id); c != nil && c.sendFrame(frame) {
+			s.m.Pushes.Inc()
+			s.m.MessagesOut[metrics.SourcePush].Inc()
+			s.m.BytesOut.Add(len(data))
+			continue
+		}
+		s.m.PushesNotFound.Inc()
+		notConnected = append(notConnected, id)
+	}
+	return notConnected
+}
+
 // Info is what the control API tells of one connection.
 type Info struct {
-	ID              string    `json:"id"`
-	ConnectionID    string    `json:"connection_id"`
-	ConnectedAt     time.Time `json:"connected_at"`
-	LastActiveAt    time.Time `json:"last_active_at"`
-	RemoteAddr      string    `json:"remote_addr"`
-	Subprotocol     string    `json:"subprotocol"`
-	PendingMessages int       `json:"pending_messages"`
-	PendingBytes    int64     `json:"pending_bytes"`
+	ID              string            `json:"id"`
+	ConnectionID    string            `json:"connection_id"`
+	ConnectedAt     time.Time         `json:"connected_at"`
+	LastActiveAt    time.Time         `json:"last_active_at"`
+	RemoteAddr      string            `json:"remote_addr"`
+	UserAgent       string            `json:"user_agent"`
+	Subprotocol     string            `json:"subprotocol"`
+	Groups          []string          `json:"groups"`
+	Meta            map[string]string `json:"meta"` // X-Ws2api-Meta-<Name> headers, by Name
+	MessagesIn      uint64            `json:"messages_in"`
+	MessagesOut     uint64            `json:"messages_out"`
+	PendingMessages int               `json:"pending_messages"`
+	PendingBytes    int64             `json:"pending_bytes"`
 }
 
 // Info describes the connection holding id.
 func (s *Server) Info(id string) (Info, error) {
-	c := s.reg.get(id)
-	if c == nil {
-		return Info{}, ErrNotConnected
+	c, err := s.open(id)
+	if err != nil {
+		return Info{}, err
 	}
-	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != stOpen {
-		return Info{}, ErrNotConnected
-	}
 	pending := len(c.queue)
-	if c.busy && !c.deleteSent {
+	if c.sending.buf != nil {
 		pending++ // the one in flight
+	}
+	meta := map[string]string{}
+	for _, h := range c.apiHeader {
+		if name, ok := strings.CutPrefix(h.Name, HeaderMetaPrefix); ok {
+			meta[name] = h.Value
+		}
 	}
 	return Info{
 		ID:              c.id,
@@ -67,7 +116,12 @@ func (s *Server) Info(id string) (Info, error) {
 		ConnectedAt:     c.connectedAt.UTC(),
 		LastActiveAt:    time.Unix(0, c.lastActive.Load()).UTC(),
 		RemoteAddr:      c.remoteAddr,
+		UserAgent:       c.userAgent,
 		Subprotocol:     c.subprotocol,
+		Groups:          append([]string{}, c.groups...),
+		Meta:            meta,
+		MessagesIn:      c.msgsIn.Load(),
+		MessagesOut:     c.msgsOut.Load(),
 		PendingMessages: pending,
 		PendingBytes:    c.pendingBytes,
 	}, nil
@@ -76,41 +130,131 @@ func (s *Server) Info(id string) (Info, error) {
 // Kick closes the client holding id with code and reason; the API gets the
 // DELETE as for any close.
 func (s *Server) Kick(id string, code int, reason string) error {
-	c := s.reg.get(id)
-	if c == nil {
-		return ErrNotConnected
+	c, err := s.open(id)
+	if err != nil {
+		return err
 	}
-	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != stOpen {
-		return ErrNotConnected
-	}
 	c.closeLocked(closeInfo{code: code, reason: reason, cause: metrics.CauseKick})
 	return nil
 }
 
-// Broadcast sends one message to every open client and returns how many it
-// was written to. The frame is encoded once; the writes are spread over the
-// CPUs.
-func (s *Server) Broadcast(binary bool, data []byte) int {
-	s.m.Broadcasts.Inc()
-	op := ws.OpText
-	if binary {
-		op = ws.OpBinary
+// Join adds the client holding id to a group.
+func (s *Server) Join(id, group string) error {
+	if err := ValidGroup(group); err != nil {
+		return err
 	}
-	frame := ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), op, data, nil)
-	conns := s.reg.all()
-	workers := min(runtime.GOMAXPROCS(0), 1+len(conns)/256)
+	c, err := s.open(id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	c.joinLocked(group)
+	return nil
+}
+
+// Leave removes the client holding id from a group; it reports whether it
+// was in it.
+func (s *Server) Leave(id, group string) (bool, error) {
+	if err := ValidGroup(group); err != nil {
+		return false, err
+	}
+	c, err := s.open(id)
+	if err != nil {
+		return false, err
+	}
+	defer c.mu.Unlock()
+	return c.leaveLocked(group), nil
+}
+
+// Groups returns every group and its member count.
+func (s *Server) Groups() map[string]int { return s.groups.sizes() }
+
+// GroupMembers returns up to limit ids of a group's members, in order,
+// after the id after; next is the cursor for the page after, "" at the
+// end.
+func (s *Server) GroupMembers(group, after string, limit int) (ids []string, next string, err error) {
+	if err := ValidGroup(group); err != nil {
+		return nil, "", err
+	}
+	all := make([]string, 0)
+	for _, c := range s.groups.members(group) {
+		all = append(all, c.id)
+	}
+	slices.Sort(all)
+	i, _ := slices.BinarySearch(all, after)
+	if i < len(all) && all[i] == after {
+		i++
+	}
+	end := min(i+limit, len(all))
+	ids = all[i:end]
+	if end < len(all) {
+		next = all[end-1]
+	}
+	return ids, next, nil
+}
+
+// ErrBadMeta is a meta header name or value that cannot be sent.
+var ErrBadMeta = errors.New("bad meta header")
+
+// SetMeta sets the client's X-Ws2api-Meta-<name> header to value, or
+// removes it when remove is set. Requests already in flight keep the old
+// headers.
+func (s *Server) SetMeta(id, name, value string, remove bool) error {
+	if !http1.ValidToken(name) || !http1.ValidFieldValue(value) || len(value) > 8<<10 {
+		return ErrBadMeta
+	}
+	full := http1.CanonicalName(HeaderMetaPrefix + name)
+	c, err := s.open(id)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	// A new slice: the request in flight may still be reading the old one.
+	h := make([]upstream.Header, 0, len(c.apiHeader)+1)
+	for _, f := range c.apiHeader {
+		if f.Name != full {
+			h = append(h, f)
+		}
+	}
+	if !remove {
+		h = append(h, upstream.Header{Name: full, Value: value})
+	}
+	c.apiHeader = h
+	return nil
+}
+
+// Broadcast sends one message to every open client and returns how many it
+// was written to.
+func (s *Server) Broadcast(binary bool, data []byte) int {
+	return s.fanOut(s.reg.all(), binary, data)
+}
+
+// BroadcastGroup sends one message to every open client in group.
+func (s *Server) BroadcastGroup(group string, binary bool, data []byte) (int, error) {
+	if err := ValidGroup(group); err != nil {
+		return 0, err
+	}
+	return s.fanOut(s.groups.members(group), binary, data), nil
+}
+
+// fanOut writes one frame, encoded once, to every connection, the writes
+// spread over the CPUs.
+func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
+	s.m.Broadcasts.Inc()
+	frame := ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), opcode(binary), data, nil)
+	const chunk = 256
+	workers := min(runtime.GOMAXPROCS(0), 1+len(conns)/chunk)
 	var next, sent atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
 			for {
-				i := int(next.Add(256)) - 256
+				i := int(next.Add(chunk)) - chunk
 				if i >= len(conns) {
 					return
 				}
-				for _, c := range conns[i:min(i+256, len(conns))] {
+				for _, c := range conns[i:min(i+chunk, len(conns))] {
 					if c.sendFrame(frame) {
 						sent.Add(1)
 					}
@@ -132,6 +276,9 @@ func (c *conn) sendFrame(frame []byte) bool {
 	if c.state != stOpen {
 		return false
 	}
-	_, err := c.nc.Write(frame)
-	return err == nil
+	if _, err := c.nc.Write(frame); err != nil {
+		return false
+	}
+	c.msgsOut.Add(1)
+	return true
 }

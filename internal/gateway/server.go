@@ -160,6 +160,7 @@ type Server struct {
 	loop    *loop.Loop
 	ownLoop bool
 	reg     registry
+	groups  groups
 
 	node    string        // random per process: makes connection ids unique across restarts
 	connSeq atomic.Uint64 // last connection number handed out
@@ -194,6 +195,7 @@ func New(opts Options) (*Server, error) {
 		node: hex.EncodeToString(node[:]),
 	}
 	s.reg.init()
+	s.groups.init()
 	s.pending.m = s.m
 	s.retrying = map[*conn]struct{}{}
 	s.loop = opts.Loop

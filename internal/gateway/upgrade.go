@@ -19,6 +19,7 @@ type handshake struct {
 	key       string
 	protocols []string          // offered by the client, in its order
 	header    []upstream.Header // sent with the connect GET
+	userAgent string
 }
 
 // reject is an answer to a request that will not be upgraded.
@@ -115,7 +116,7 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *r
 		return nil, badRequest("bad client id: " + err.Error())
 	}
 
-	hs := &handshake{id: id, query: query, key: key}
+	hs := &handshake{id: id, query: query, key: key, userAgent: h.Get("User-Agent")}
 	for _, v := range h.Values("Sec-Websocket-Protocol") {
 		for p := range strings.SplitSeq(v, ",") {
 			if p = strings.TrimSpace(p); p != "" {
