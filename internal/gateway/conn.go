@@ -50,7 +50,7 @@ var (
 // mu orders them all.
 type conn struct {
 	s          *Server
-	nc         *nbio.Conn
+	sock       socket // the client's socket: nbio's, or TLS served by goroutines (tls.go)
 	connID     string
 	remoteAddr string
 
@@ -68,10 +68,14 @@ type conn struct {
 	apiHeader   []upstream.Header // X-Ws2api-Connection-Id and meta headers, sent on every POST and DELETE
 	connectedAt time.Time
 	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
+	lastRead    atomic.Int64 // the keeper's clock when a byte last came in (keepalive.go)
+	pingSent    atomic.Int64 // the keeper's clock when it pinged, 0 once answered
+	rateTAT     int64        // MaxMessageRate's theoretical arrival time (keepalive.go)
 	msgsIn      atomic.Uint64
 	msgsOut     atomic.Uint64
 
 	upgraded bool // it reached stOpen: the API knows it and hears of its end
+	admitted bool // counted in s.admitted (MaxConns)
 
 	// Toward the API: one request in flight, the rest wait in order (see
 	// forward.go).
@@ -97,8 +101,14 @@ type conn struct {
 
 // accepted gives a new client connection its state (loop.Handler).
 func (s *Server) accepted(nc *nbio.Conn) loop.Handler {
-	c := &conn{s: s, nc: nc, connID: s.newConnID(), remoteAddr: nc.RemoteAddr().String()}
-	_ = nc.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
+	return s.newConn(nc, nc.RemoteAddr().String())
+}
+
+// newConn starts a client connection's life: it has HandshakeTimeout to
+// send its upgrade request.
+func (s *Server) newConn(sock socket, remoteAddr string) *conn {
+	c := &conn{s: s, sock: sock, connID: s.newConnID(), remoteAddr: remoteAddr}
+	_ = sock.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	return c
 }
 
@@ -118,6 +128,9 @@ func (c *conn) OnData(_ *nbio.Conn, data []byte) {
 		}
 		c.in = append(c.in, data...)
 	case stOpen, stClosing:
+		if s.keeperStop != nil {
+			c.heard()
+		}
 		c.readFrames(data)
 	}
 	c.mu.Unlock()
@@ -145,6 +158,13 @@ func (c *conn) readHead(data []byte) {
 		c.rejectLocked(rej)
 		return
 	}
+	if s.admitted.Add(1) > int64(s.opts.MaxConns) {
+		s.admitted.Add(-1)
+		s.warn.log(s.log, "connection refused: -max-conns reached", "max_conns", s.opts.MaxConns)
+		c.rejectLocked(&reject{status: 503, text: "too many connections", header: "Retry-After: 5\r\n"})
+		return
+	}
+	c.admitted = true
 	c.in = append([]byte(nil), c.in[n:]...)
 	if len(c.in) == 0 {
 		c.in = nil
@@ -152,7 +172,7 @@ func (c *conn) readHead(data []byte) {
 	c.hs = hs
 	c.state = stAuthorizing
 	// The API's own timeout bounds the wait from here on.
-	_ = c.nc.SetReadDeadline(time.Time{})
+	_ = c.sock.SetReadDeadline(time.Time{})
 	s.apiWork.Add(1)
 	s.opts.API.Do(&upstream.Request{Method: "GET", Path: hs.id, Query: hs.query, Header: hs.header}, c.authorized)
 }
@@ -198,6 +218,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
 	c.connectedAt = time.Now()
 	c.lastActive.Store(c.connectedAt.UnixNano())
+	c.lastRead.Store(c.connectedAt.UnixNano())
 	old := s.reg.swap(c)
 	for _, g := range groups {
 		c.joinLocked(g)
@@ -205,7 +226,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	s.m.ConnectionsOpened.Inc()
 	s.m.Connections.Inc()
 	// A failed write closes the socket; onClose then sends the DELETE.
-	_, _ = c.nc.Write(appendSwitching(nil, hs.key, protocol))
+	_, _ = c.sock.Write(appendSwitching(nil, hs.key, protocol))
 	if s.draining.Load() {
 		// Shutdown began after the check above and its sweep may have
 		// missed this connection.
@@ -257,11 +278,11 @@ func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, pro
 // rejectLocked answers the upgrade request with an error and closes.
 func (c *conn) rejectLocked(r *reject) {
 	c.s.m.Reject(r.status)
-	_, _ = c.nc.Write(appendReject(nil, r))
+	_, _ = c.sock.Write(appendReject(nil, r))
 	c.state = stClosing
 	c.discard = true
 	c.in = nil
-	_ = c.nc.Close()
+	_ = c.sock.Close()
 }
 
 // readFrames parses frames from what the socket delivered, after what was
@@ -326,7 +347,7 @@ func (c *conn) peerClosed(payload []byte) {
 		_ = c.writeFrameLocked(ws.OpClose, echo)
 		c.state = stClosing
 	}
-	_ = c.nc.Close()
+	_ = c.sock.Close()
 }
 
 // fail closes the connection after the client broke the protocol or a
@@ -360,8 +381,8 @@ func (c *conn) closeLocked(info closeInfo) {
 	c.setEnd(info)
 	_ = c.writeFrameLocked(ws.OpClose, ws.AppendClose(nil, info.code, info.reason))
 	c.state = stClosing
-	nc := c.nc
-	c.closeTimer = time.AfterFunc(c.s.opts.CloseTimeout, func() { _ = nc.Close() })
+	sock := c.sock
+	c.closeTimer = time.AfterFunc(c.s.opts.CloseTimeout, func() { _ = sock.Close() })
 }
 
 func (c *conn) setEnd(info closeInfo) {
@@ -381,6 +402,10 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	}
 	c.state = stClosed
 	c.in = nil
+	if c.admitted {
+		c.admitted = false
+		s.admitted.Add(-1)
+	}
 	if c.closeTimer != nil {
 		c.closeTimer.Stop()
 	}
@@ -430,12 +455,12 @@ func errText(err error) string {
 func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 	if len(payload) > pooledFrameMax {
 		var hdr [ws.MaxHeaderLen]byte
-		_, err := c.nc.Writev([][]byte{ws.AppendHeader(hdr[:0], op, true, len(payload), nil), payload})
+		_, err := c.sock.Writev([][]byte{ws.AppendHeader(hdr[:0], op, true, len(payload), nil), payload})
 		return err
 	}
 	bp := framePool.Get().(*[]byte)
 	b := ws.AppendFrame((*bp)[:0], op, payload, nil)
-	_, err := c.nc.Write(b)
+	_, err := c.sock.Write(b)
 	*bp = b[:0]
 	framePool.Put(bp)
 	return err

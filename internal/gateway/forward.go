@@ -45,8 +45,13 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	s.m.MessagesIn.Inc()
 	s.m.BytesIn.AddInt64(n)
 	c.msgsIn.Add(1)
-	c.lastActive.Store(time.Now().UnixNano())
+	now := time.Now().UnixNano()
+	c.lastActive.Store(now)
 	switch {
+	case c.overRate(now):
+		c.closeLocked(closeRateLimit)
+		c.dropData = true
+		return
 	case c.pendingBytes+n > s.opts.MaxPendingBytes:
 		c.closeLocked(closeBacklog)
 		c.dropData = true

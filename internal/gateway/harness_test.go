@@ -25,6 +25,7 @@ type harness struct {
 	srv     *gateway.Server
 	m       *metrics.Metrics
 	addr    string // public listener host:port
+	scheme  string // ws, or wss when the gateway serves TLS
 	control string // control listener base URL, no trailing slash
 }
 
@@ -68,7 +69,10 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	}
 	ctl := control.NewServer(lp, control.New(control.Options{Hub: srv, Metrics: m, Logger: log}))
 	go ctl.Serve(ctlLn)
-	h := &harness{t: t, api: api, srv: srv, m: m, addr: ln.Addr().String(), control: "http://" + ctlLn.Addr().String()}
+	h := &harness{t: t, api: api, srv: srv, m: m, addr: ln.Addr().String(), scheme: "ws", control: "http://" + ctlLn.Addr().String()}
+	if o.gw.TLS != nil {
+		h.scheme = "wss"
+	}
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
@@ -85,7 +89,7 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	return h
 }
 
-func (h *harness) url(id string) string { return "ws://" + h.addr + "/" + id }
+func (h *harness) url(id string) string { return h.scheme + "://" + h.addr + "/" + id }
 
 // ctl makes a control request and returns status and body.
 func (h *harness) ctl(method, path, contentType, body string) (int, string) {

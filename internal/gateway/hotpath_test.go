@@ -52,7 +52,7 @@ func openConn(tb testing.TB, api upstream.Client) (c *conn, peer int) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c = &conn{s: s, nc: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, id: "CP1"}
+	c = &conn{s: s, sock: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, id: "CP1"}
 	c.apiHeader = []upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}
 	if _, err := lp.Add(nc, c); err != nil {
 		tb.Fatal(err)
@@ -83,11 +83,10 @@ func TestMessagePathAllocatesNothing(t *testing.T) {
 	resp := &upstream.Response{Status: 200, Header: []upstream.Header{{Name: "Content-Type", Value: "text/plain"}},
 		Body: []byte(`[3,"19223201",{"currentTime":"2026-11-22T06:00:00Z"}]`)}
 	readBuf := make([]byte, 4096)
-	nc := c.nc
 
 	round := func() {
 		copy(frame, wire) // unmasked in place by the parser
-		c.OnData(nc, frame)
+		c.OnData(nil, frame)
 		if api.r == nil || string(api.r.Body) != string(payload) {
 			t.Fatalf("request %+v", api.r)
 		}
@@ -115,7 +114,7 @@ func BenchmarkMessagePath(b *testing.B) {
 	b.ReportAllocs()
 	for b.Loop() {
 		copy(frame, wire)
-		c.OnData(c.nc, frame)
+		c.OnData(nil, frame)
 		api.done(resp, nil)
 		if _, err := syscall.Read(peer, readBuf); err != nil {
 			b.Fatal(err)

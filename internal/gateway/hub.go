@@ -276,7 +276,7 @@ func (c *conn) sendFrame(frame []byte) bool {
 	if c.state != stOpen {
 		return false
 	}
-	if _, err := c.nc.Write(frame); err != nil {
+	if _, err := c.sock.Write(frame); err != nil {
 		return false
 	}
 	c.msgsOut.Add(1)

@@ -19,6 +19,7 @@ package gateway
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"errors"
 	"fmt"
@@ -29,6 +30,7 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/ws2api/ws2api/internal/http1"
@@ -38,7 +40,8 @@ import (
 )
 
 // Options configures a [Server]. Every field but API has a default, noted
-// beside it, that New fills in.
+// beside it, that New fills in; for the limits marked "zero: off", the
+// command's flags hold the defaults.
 type Options struct {
 	// API receives every request: the connect GETs (never retried: a
 	// client waiting for its upgrade gets an answer at once), the POSTs and
@@ -87,6 +90,32 @@ type Options struct {
 	// Pollers is the number of event-loop goroutines when the server makes
 	// its own loop. Default the number of CPUs.
 	Pollers int
+	// MaxConns bounds the clients connected or being upgraded at once; an
+	// upgrade past it is answered 503. Default: the process's open-file
+	// limit less 1,024 (kept for the API and control connections).
+	MaxConns int
+	// MaxMessageRate bounds the messages per second one client may send,
+	// averaged over a second (a burst of that many is allowed); a client
+	// sending faster is closed with 1008. Zero: off.
+	MaxMessageRate float64
+	// PingInterval: a client silent that long is pinged; one that then
+	// sends nothing for PingTimeout is taken for dead, closed, and its
+	// DELETE sent with code 1006. Zero: off. PingTimeout default 20s.
+	PingInterval time.Duration
+	PingTimeout  time.Duration
+	// IdleTimeout closes, with 1001 "idle timeout", a client with no
+	// message either way for that long (pings do not count). Zero: off.
+	IdleTimeout time.Duration
+	// Origins, when not empty, is the allow-list of browser origins: an
+	// upgrade whose Origin header is another is answered 403 without
+	// asking the API. Entries are scheme://host[:port], where host may
+	// start with "*." for any subdomain, or "null". Clients that send no
+	// Origin (devices, servers) are not affected.
+	Origins []string
+
+	// TLS, when set, makes Serve speak TLS (wss): see tls.go. Default
+	// plain TCP (ws), TLS being terminated in front.
+	TLS *tls.Config
 }
 
 // DefaultForwardHeaders is the default of Options.ForwardHeaders.
@@ -149,7 +178,26 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Pollers <= 0 {
 		o.Pollers = runtime.NumCPU()
 	}
+	if o.MaxConns <= 0 {
+		o.MaxConns = DefaultMaxConns()
+	}
+	if o.MaxMessageRate < 0 || o.PingInterval < 0 || o.IdleTimeout < 0 {
+		return o, errors.New("gateway: MaxMessageRate, PingInterval and IdleTimeout must not be negative")
+	}
+	if o.PingTimeout <= 0 {
+		o.PingTimeout = 20 * time.Second
+	}
 	return o, nil
+}
+
+// DefaultMaxConns is the default of Options.MaxConns: the open-file limit
+// less 1,024, at least 1.
+func DefaultMaxConns() int {
+	var rl syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_NOFILE, &rl); err != nil || rl.Cur > 1<<40 {
+		return 1 << 20
+	}
+	return max(int(rl.Cur)-1024, 1)
 }
 
 // Server is the public side of one ws2api node.
@@ -166,7 +214,14 @@ type Server struct {
 	connSeq atomic.Uint64 // last connection number handed out
 
 	draining atomic.Bool
+	admitted atomic.Int64 // connections past their request head, for MaxConns
 	apiWork  atomic.Int64 // connections with a request to the API in flight or due
+	origins  originList
+
+	rateInterval int64        // nanoseconds between messages at MaxMessageRate; 0: no limit
+	clock        atomic.Int64 // unix nanoseconds at the keeper's last tick (keepalive.go)
+	keeperStop   chan struct{}
+	keeperOnce   sync.Once
 	pending  pendingGauge
 
 	retryMu  sync.Mutex
@@ -198,6 +253,12 @@ func New(opts Options) (*Server, error) {
 	s.groups.init()
 	s.pending.m = s.m
 	s.retrying = map[*conn]struct{}{}
+	if s.origins, err = parseOrigins(opts.Origins); err != nil {
+		return nil, fmt.Errorf("gateway: %w", err)
+	}
+	if opts.MaxMessageRate > 0 {
+		s.rateInterval = max(int64(float64(time.Second)/opts.MaxMessageRate), 1)
+	}
 	s.loop = opts.Loop
 	if s.loop == nil {
 		if s.loop, err = loop.New("ws2api", opts.Pollers, opts.MaxOutgoingBytes); err != nil {
@@ -206,6 +267,11 @@ func New(opts Options) (*Server, error) {
 		s.ownLoop = true
 	}
 	s.loop.OnAccept(s.accepted)
+	if opts.PingInterval > 0 || opts.IdleTimeout > 0 {
+		s.keeperStop = make(chan struct{})
+		s.clock.Store(time.Now().UnixNano())
+		go s.keep(s.keeperStop)
+	}
 	return s, nil
 }
 
@@ -240,6 +306,10 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		backoff = 0
+		if s.opts.TLS != nil {
+			go s.serveTLS(c)
+			continue
+		}
 		if err := s.loop.AddAccepted(c); err != nil {
 			s.warn.log(s.log, "cannot add connection to the event loop", "error", err)
 			c.Close()
@@ -267,6 +337,9 @@ func (s *Server) Shutdown(ctx context.Context) error {
 		c.closeWith(closeShutdown)
 	}
 	err := s.waitIdle(ctx)
+	if s.keeperStop != nil {
+		s.keeperOnce.Do(func() { close(s.keeperStop) })
+	}
 	if s.ownLoop {
 		s.stop.Do(s.loop.Stop)
 	}

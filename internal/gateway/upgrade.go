@@ -115,6 +115,9 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *r
 	if err := ValidID(id); err != nil {
 		return nil, badRequest("bad client id: " + err.Error())
 	}
+	if origins := h.Values("Origin"); len(origins) > 0 && (len(origins) > 1 || !s.origins.allows(origins[0])) {
+		return nil, &reject{status: http.StatusForbidden, text: "origin not allowed"}
+	}
 
 	hs := &handshake{id: id, query: query, key: key, userAgent: h.Get("User-Agent")}
 	for _, v := range h.Values("Sec-Websocket-Protocol") {
@@ -138,8 +141,13 @@ func (s *Server) identity(h *http1.RequestHead, connID, remoteIP string) []upstr
 		xff += ", "
 	}
 	out = append(out, upstream.Header{Name: "X-Forwarded-For", Value: xff + remoteIP})
+	// Behind a proxy, the proxy says; when ws2api terminates TLS itself,
+	// it knows.
 	proto := h.Get("X-Forwarded-Proto")
-	if proto == "" {
+	switch {
+	case s.opts.TLS != nil:
+		proto = "https"
+	case proto == "":
 		proto = "http"
 	}
 	out = append(out, upstream.Header{Name: "X-Forwarded-Proto", Value: proto})

@@ -46,6 +46,10 @@ func FuzzParseUpgrade(f *testing.F) {
 	f.Add([]byte("GET /a HTTP/1.1\r\nHost: x\r\n X-Folded: y\r\n\r\n"))
 	s := &Server{}
 	s.opts.ForwardHeaders = append(DefaultForwardHeaders, "X-Custom")
+	var err error
+	if s.origins, err = parseOrigins([]string{"https://a", "https://*.b.example", "null"}); err != nil {
+		f.Fatal(err)
+	}
 	f.Fuzz(func(t *testing.T, b []byte) {
 		n := http1.HeadEnd(b)
 		if n < 0 {
@@ -56,7 +60,7 @@ func FuzzParseUpgrade(f *testing.F) {
 		}
 		hs, rej := s.parseUpgrade(b[:n], "conn-1", "192.0.2.1")
 		if rej != nil {
-			if rej.status != 400 || rej.text == "" {
+			if rej.status != 400 && rej.status != 403 || rej.text == "" {
 				t.Fatalf("reject %+v", rej)
 			}
 			return
@@ -66,6 +70,9 @@ func FuzzParseUpgrade(f *testing.F) {
 		}
 		var xff string
 		for _, h := range hs.header {
+			if h.Name == "Origin" && !s.origins.allows(h.Value) {
+				t.Fatalf("origin %q let through", h.Value)
+			}
 			if !http1.ValidToken(h.Name) || !http1.ValidFieldValue(h.Value) {
 				t.Fatalf("malformed header forwarded: %q: %q", h.Name, h.Value)
 			}

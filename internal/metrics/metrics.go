@@ -28,13 +28,17 @@ const (
 	CauseProtocol     = "protocol"      // it broke RFC 6455
 	CauseBacklog      = "backlog"       // its messages waiting for the API passed the cap
 	CauseGatewayFull  = "gateway_full"  // all clients' waiting messages passed the gateway's cap
-	CauseTimeout      = "timeout"       // handshake or idle timeout
+	CauseTimeout      = "timeout"       // a read timed out
 	CauseAPIGaveUp    = "api_gave_up"   // a message could not be delivered to the API in time
+	CauseIdle         = "idle"          // no message either way for the idle timeout
+	CausePingTimeout  = "ping_timeout"  // it stopped answering pings: a dead peer
+	CauseRateLimit    = "rate_limit"    // it sent messages faster than allowed
 )
 
 var closeCauses = []string{
 	CauseClient, CauseNetwork, CauseKick, CauseShutdown, CauseReplaced, CauseSlowConsumer,
 	CauseTooBig, CauseProtocol, CauseBacklog, CauseGatewayFull, CauseTimeout, CauseAPIGaveUp,
+	CauseIdle, CausePingTimeout, CauseRateLimit,
 }
 
 // Message sources, the label values of ws2api_messages_out_total.

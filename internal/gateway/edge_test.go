@@ -1,0 +1,307 @@
+package gateway_test
+
+import (
+	"crypto/tls"
+	"net"
+	"net/http"
+	"testing"
+	"time"
+
+	"github.com/gorilla/websocket"
+
+	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/testkit"
+	"github.com/ws2api/ws2api/internal/upstream"
+)
+
+// The limits and checks of a gateway that faces the internet: origins,
+// connection count, message rate, keepalive, idle timeout, TLS.
+
+func TestOriginsOutsideTheAllowListAre403BeforeTheAPI(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{
+		Origins: []string{"https://app.example.com", "https://*.example.org:8443", "null"},
+	}})
+	origin := func(o string) http.Header { return http.Header{"Origin": {o}} }
+	for _, o := range []string{"https://evil.example", "http://app.example.com", "https://app.example.com.evil", "https://example.org:8443", "https://x.example.org", "garbage"} {
+		if status, body := testkit.DialStatus(t, h.url("refused"), origin(o)); status != 403 || body != "ws2api: origin not allowed\n" {
+			t.Errorf("Origin %q: %d %q, want 403", o, status, body)
+		}
+	}
+	if calls := api.CallsFor("refused"); len(calls) != 0 {
+		t.Fatalf("the API was asked about refused origins: %v", calls)
+	}
+	for i, o := range []string{"https://app.example.com", "HTTPS://APP.example.com:443", "https://a.b.example.org:8443", "null", ""} {
+		hdr := origin(o)
+		if o == "" {
+			hdr = nil // a device: no Origin at all
+		}
+		c := testkit.Dial(t, h.url("ok"+itoa(i)), hdr)
+		_ = c.WriteMessage(websocket.TextMessage, []byte("hi"))
+		if _, got := testkit.Read(t, c, wait); got != "echo:hi" {
+			t.Fatalf("Origin %q: %q", o, got)
+		}
+	}
+}
+
+func TestBadOriginListIsRefusedAtStart(t *testing.T) {
+	t.Parallel()
+	for _, bad := range []string{"example.com", "https://", "https://a/b", "https://*", "https://a.*.com", "https://a:x", "https://user@a"} {
+		_, err := gateway.New(gateway.Options{API: noAPI{}, Origins: []string{bad}})
+		if err == nil {
+			t.Errorf("origin %q accepted", bad)
+		}
+	}
+}
+
+func TestMaxConnsAnswers503(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxConns: 2}})
+	a := testkit.Dial(t, h.url("a"), nil)
+	testkit.Dial(t, h.url("b"), nil)
+	if status, body := testkit.DialStatus(t, h.url("c"), nil); status != 503 || body != "ws2api: too many connections\n" {
+		t.Fatalf("third client: %d %q, want 503", status, body)
+	}
+	if calls := api.CallsFor("c"); len(calls) != 0 {
+		t.Fatalf("the API was asked about a refused client: %v", calls)
+	}
+	a.Close()
+	h.waitCount(1)
+	// The slot is free again once the closed connection is gone.
+	deadline := time.Now().Add(wait)
+	for {
+		c, resp, err := testkit.TryDial(h.url("c"), nil)
+		if err == nil {
+			c.Close()
+			break
+		}
+		if resp == nil || resp.StatusCode != 503 || time.Now().After(deadline) {
+			t.Fatalf("after a client left: %v", err)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func TestMessageRateOverTheLimitClosesWith1008(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxMessageRate: 20}})
+
+	// A burst of a second's worth is allowed.
+	calm := testkit.Dial(t, h.url("calm"), nil)
+	for i := range 20 {
+		_ = calm.WriteMessage(websocket.TextMessage, []byte(itoa(i)))
+	}
+	for i := range 20 {
+		if _, got := testkit.Read(t, calm, wait); got != "echo:"+itoa(i) {
+			t.Fatalf("reply %d: %q", i, got)
+		}
+	}
+
+	flood := testkit.Dial(t, h.url("flood"), nil)
+	go func() {
+		for i := 0; i < 200; i++ {
+			if flood.WriteMessage(websocket.TextMessage, []byte("x")) != nil {
+				return
+			}
+		}
+	}()
+	testkit.ExpectClose(t, flood, 1008, "too many messages", wait)
+	del := api.WaitDelete("flood", wait)
+	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1008" {
+		t.Fatalf("DELETE code %s, want 1008", code)
+	}
+	posts := 0
+	for _, c := range api.CallsFor("flood") {
+		if c.Method == "POST" {
+			posts++
+		}
+	}
+	if posts > 21 {
+		t.Fatalf("%d messages reached the API; the limit lets a second's worth (20) through", posts)
+	}
+	if n := h.m.Closes["rate_limit"].Get(); n != 1 {
+		t.Fatalf("closes{cause=rate_limit} = %d, want 1", n)
+	}
+	// The calm client is still served, once it has waited a
+	// message's interval (1/20 s) after its burst.
+	time.Sleep(100 * time.Millisecond)
+	_ = calm.WriteMessage(websocket.TextMessage, []byte("still here"))
+	if _, got := testkit.Read(t, calm, wait); got != "echo:still here" {
+		t.Fatalf("calm client: %q", got)
+	}
+}
+
+func TestDeadPeerIsClosedAndItsDELETESent(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	const interval, timeout = 100 * time.Millisecond, 200 * time.Millisecond
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{PingInterval: interval, PingTimeout: timeout}})
+
+	// A client that answers pings (gorilla does, while it reads) stays.
+	alive := testkit.Dial(t, h.url("alive"), nil)
+	go func() {
+		for {
+			if _, _, err := alive.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
+
+	// A raw client that reads nothing and answers nothing is dead.
+	start := time.Now()
+	dead := testkit.DialRaw(t, h.addr, "dead")
+	del := api.WaitDelete("dead", wait)
+	took := time.Since(start)
+	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1006" || del.Body != "ping timeout" {
+		t.Fatalf("DELETE code %s body %q, want 1006 \"ping timeout\"", code, del.Body)
+	}
+	// Within interval + timeout, plus the keeper's tick and scheduling.
+	if took > interval+timeout+time.Second {
+		t.Fatalf("dead peer closed after %v; configured %v + %v", took, interval, timeout)
+	}
+	// It was pinged, then its socket closed.
+	_ = dead.SetReadDeadline(time.Now().Add(wait))
+	b := make([]byte, 64)
+	n, _ := dead.R.Read(b)
+	if n < 2 || b[0] != 0x89 {
+		t.Fatalf("first bytes after the upgrade %x, want a ping frame", b[:n])
+	}
+	if n := h.m.Closes["ping_timeout"].Get(); n != 1 {
+		t.Fatalf("closes{cause=ping_timeout} = %d, want 1", n)
+	}
+
+	time.Sleep(3 * (interval + timeout))
+	if calls := api.CallsFor("alive"); calls[len(calls)-1].Method == "DELETE" {
+		t.Fatal("a client answering pings was closed")
+	}
+	_ = alive.WriteMessage(websocket.TextMessage, []byte("hi"))
+	api.WaitFor(wait, "alive's POST", func(c testkit.Call) bool { return c.Method == "POST" && c.Body == "hi" })
+}
+
+func TestIdleClientIsClosedWith1001(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	const idle = 300 * time.Millisecond
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{IdleTimeout: idle}})
+	quiet := testkit.Dial(t, h.url("quiet"), nil)
+	busy := testkit.Dial(t, h.url("busy"), nil)
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		t := time.NewTicker(idle / 5)
+		defer t.Stop()
+		for {
+			select {
+			case <-stop:
+				return
+			case <-t.C:
+				if busy.WriteMessage(websocket.TextMessage, []byte("tick")) != nil {
+					return
+				}
+				if _, _, err := busy.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}
+	}()
+	start := time.Now()
+	testkit.ExpectClose(t, quiet, 1001, "idle timeout", wait)
+	if took := time.Since(start); took < idle {
+		t.Fatalf("closed after %v, before the idle timeout %v", took, idle)
+	}
+	del := api.WaitDelete("quiet", wait)
+	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1001" {
+		t.Fatalf("DELETE code %s", code)
+	}
+	time.Sleep(2 * idle)
+	if h.srv.Count() != 1 {
+		t.Fatalf("%d clients connected; the busy one should stay", h.srv.Count())
+	}
+}
+
+func TestTLSListener(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	cert := testkit.NewCert(t, "gw")
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{
+		TLS:              &tls.Config{Certificates: []tls.Certificate{cert.TLS}, MinVersion: tls.VersionTLS12},
+		HandshakeTimeout: 500 * time.Millisecond,
+		MaxOutgoingBytes: 64 << 10,
+	}})
+	d := websocket.Dialer{TLSClientConfig: &tls.Config{RootCAs: cert.Pool}, HandshakeTimeout: wait}
+	c, _, err := d.Dial(h.url("secure"), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	get := api.CallsFor("secure")[0]
+	if p := get.Header.Get("X-Forwarded-Proto"); p != "https" {
+		t.Fatalf("X-Forwarded-Proto %q, want https", p)
+	}
+	for i := range 50 {
+		_ = c.WriteMessage(websocket.TextMessage, []byte(itoa(i)))
+	}
+	for i := range 50 {
+		if _, got := testkit.Read(t, c, wait); got != "echo:"+itoa(i) {
+			t.Fatalf("reply %d: %q", i, got)
+		}
+	}
+	if status, body := h.ctl("POST", "/secure", "", "pushed"); status != 200 {
+		t.Fatalf("push: %d %s", status, body)
+	}
+	if _, got := testkit.Read(t, c, wait); got != "pushed" {
+		t.Fatalf("push arrived as %q", got)
+	}
+
+	// Plain text on the TLS port, and a client that never finishes its
+	// TLS handshake, are dropped without harm.
+	plain, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	_, _ = plain.Write([]byte("GET /x HTTP/1.1\r\nHost: x\r\n\r\n"))
+	stalled, err := net.Dial("tcp", h.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stalled.Close()
+	_ = stalled.SetReadDeadline(time.Now().Add(wait))
+	if _, err := stalled.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a client that sent nothing got bytes")
+	}
+
+	// A slow consumer over TLS is closed like any other.
+	slowRaw, err := tls.Dial("tcp", h.addr, &tls.Config{RootCAs: cert.Pool})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer slowRaw.Close()
+	_, _ = slowRaw.Write([]byte("GET /slow HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n"))
+	h.waitCount(2)
+	big := string(make([]byte, 32<<10))
+	for range 200 {
+		if status, _ := h.ctl("POST", "/slow", "application/octet-stream", big); status != 200 {
+			break
+		}
+	}
+	del := api.WaitDelete("slow", wait)
+	if del.Body != "slow consumer" {
+		t.Fatalf("slow consumer's DELETE body %q", del.Body)
+	}
+	// The first client never noticed.
+	_ = c.WriteMessage(websocket.TextMessage, []byte("after"))
+	if _, got := testkit.Read(t, c, wait); got != "echo:after" {
+		t.Fatalf("after: %q", got)
+	}
+}
+
+// noAPI is a client that is never called: for options that fail New.
+type noAPI struct{}
+
+func (noAPI) Do(*upstream.Request, func(*upstream.Response, error)) {}
+func (noAPI) Close()                                                 {}

@@ -1,0 +1,143 @@
+package gateway
+
+import (
+	"time"
+
+	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/ws"
+)
+
+// The keeper finds dead and idle clients. One goroutine ticks a few times
+// per PingTimeout (at most once a second) and looks at every connected
+// client's clocks, which are atomics, so that a sweep over a million
+// clients takes no lock but its registry shard's:
+//
+//	silent for PingInterval          -> ping
+//	no byte within PingTimeout after -> dead: socket closed, DELETE 1006 "ping timeout"
+//	no message for IdleTimeout       -> close 1001 "idle timeout"
+//
+// A chatty client is never pinged: any byte read proves it alive. The
+// clock the event loop stamps reads with is the keeper's tick (s.clock),
+// not time.Now, so a read costs two atomic operations.
+
+var (
+	closeIdle        = closeInfo{code: ws.CloseGoingAway, reason: "idle timeout", cause: metrics.CauseIdle}
+	closePingTimeout = closeInfo{code: ws.CloseAbnormal, reason: "ping timeout", cause: metrics.CausePingTimeout}
+	closeRateLimit   = closeInfo{code: ws.ClosePolicyViolation, reason: "too many messages", cause: metrics.CauseRateLimit}
+)
+
+// keeperTick is how often the keeper sweeps: a quarter of the shortest
+// time it enforces, between 10ms and 1s.
+func (o *Options) keeperTick() time.Duration {
+	shortest := time.Second * 4
+	if o.IdleTimeout > 0 {
+		shortest = min(shortest, o.IdleTimeout)
+	}
+	if o.PingInterval > 0 {
+		shortest = min(shortest, o.PingInterval, o.PingTimeout)
+	}
+	return max(shortest/4, 10*time.Millisecond)
+}
+
+// keep runs the keeper until stop closes.
+func (s *Server) keep(stop <-chan struct{}) {
+	t := time.NewTicker(s.opts.keeperTick())
+	defer t.Stop()
+	var due []*conn
+	for {
+		select {
+		case <-stop:
+			return
+		case now := <-t.C:
+			s.clock.Store(now.UnixNano())
+			due = s.sweep(now.UnixNano(), due[:0])
+		}
+	}
+}
+
+// sweep acts on every client due a ping or a close; due is scratch space,
+// returned for the next sweep.
+func (s *Server) sweep(now int64, due []*conn) []*conn {
+	for i := range s.reg.shards {
+		sh := &s.reg.shards[i]
+		sh.mu.RLock()
+		for _, c := range sh.m {
+			if c.keeperDue(now) {
+				due = append(due, c)
+			}
+		}
+		sh.mu.RUnlock()
+		for j, c := range due {
+			c.keepLocked(now)
+			due[j] = nil
+		}
+		due = due[:0]
+	}
+	return due
+}
+
+// keeperDue says, from the atomics alone, whether the keeper has something
+// to do for c.
+func (c *conn) keeperDue(now int64) bool {
+	o := &c.s.opts
+	if o.IdleTimeout > 0 && now-c.lastActive.Load() >= int64(o.IdleTimeout) {
+		return true
+	}
+	if o.PingInterval <= 0 {
+		return false
+	}
+	if sent := c.pingSent.Load(); sent != 0 {
+		return now-sent >= int64(o.PingTimeout)
+	}
+	return now-c.lastRead.Load() >= int64(o.PingInterval)
+}
+
+// keepLocked pings c or closes it, as keeperDue found.
+func (c *conn) keepLocked(now int64) {
+	o := &c.s.opts
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.state != stOpen {
+		return
+	}
+	switch sent := c.pingSent.Load(); {
+	case o.IdleTimeout > 0 && now-c.lastActive.Load() >= int64(o.IdleTimeout):
+		c.closeLocked(closeIdle)
+	case o.PingInterval <= 0:
+	case sent != 0 && now-sent >= int64(o.PingTimeout):
+		// A dead peer reads no close frame: just close the socket.
+		c.setEnd(closePingTimeout)
+		c.discard = true
+		c.state = stClosing
+		_ = c.sock.Close()
+	case sent == 0 && now-c.lastRead.Load() >= int64(o.PingInterval):
+		c.pingSent.Store(now)
+		_ = c.writeFrameLocked(ws.OpPing, nil)
+	}
+}
+
+// heard notes that c's client sent something: it is alive.
+func (c *conn) heard() {
+	if now := c.s.clock.Load(); c.lastRead.Load() != now {
+		c.lastRead.Store(now)
+	}
+	if c.pingSent.Load() != 0 {
+		c.pingSent.Store(0)
+	}
+}
+
+// overRate reports whether a message arriving at now takes c past
+// MaxMessageRate. The rule is GCRA: a client may send a second's worth of
+// messages at once, then one per interval.
+func (c *conn) overRate(now int64) bool {
+	interval := c.s.rateInterval
+	if interval == 0 {
+		return false
+	}
+	tat := max(c.rateTAT, now)
+	if tat-now > int64(time.Second)-interval {
+		return true
+	}
+	c.rateTAT = tat + interval
+	return false
+}
