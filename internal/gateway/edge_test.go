@@ -304,4 +304,4 @@ func TestTLSListener(t *testing.T) {
 type noAPI struct{}
 
 func (noAPI) Do(*upstream.Request, func(*upstream.Response, error)) {}
-func (noAPI) Close()                                                 {}
+func (noAPI) Close()                                                {}

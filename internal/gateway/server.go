@@ -222,7 +222,7 @@ type Server struct {
 	clock        atomic.Int64 // unix nanoseconds at the keeper's last tick (keepalive.go)
 	keeperStop   chan struct{}
 	keeperOnce   sync.Once
-	pending  pendingGauge
+	pending      pendingGauge
 
 	retryMu  sync.Mutex
 	retrying map[*conn]struct{} // connections waiting to send a request again
