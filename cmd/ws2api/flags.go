@@ -40,6 +40,16 @@ type config struct {
 	drainTimeout     time.Duration
 	forwardHeaders   string
 
+	controlToken string
+	tlsCert      string
+	tlsKey       string
+	origins      string
+	maxConns     int
+	maxMsgRate   float64
+	idleTimeout  time.Duration
+	pingInterval time.Duration
+	pingTimeout  time.Duration
+
 	retryFirst  time.Duration
 	retryMax    time.Duration
 	retryGiveUp time.Duration
@@ -62,8 +72,9 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Listeners", []string{"listen", "control", "api", "api-file"}},
+	{"Security", []string{"control-token", "tls-cert", "tls-key", "origins"}},
 	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
-	{"Limits", []string{"max-message-size", "max-pending", "max-pending-total", "max-outgoing", "max-header-size", "handshake-timeout"}},
+	{"Limits", []string{"max-conns", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
 
@@ -94,6 +105,15 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
 	fs.Var(&cfg.maxHeader, "max-header-size", "largest upgrade request head (`bytes`)")
 	fs.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to send its upgrade request")
+	fs.StringVar(&cfg.controlToken, "control-token", "", "every control request but GET /healthz must carry Authorization: Bearer `token`; 401 otherwise")
+	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve wss on -listen with this PEM certificate chain `file` (with -tls-key); SIGHUP reloads both")
+	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key `file` for -tls-cert")
+	fs.StringVar(&cfg.origins, "origins", "", "browser origins allowed to connect, comma-separated `list` (https://app.example.com, https://*.example.com, null); another Origin is refused with 403; clients sending none are not affected")
+	fs.IntVar(&cfg.maxConns, "max-conns", 0, "most clients connected at once; an upgrade past it is answered 503 (0: the open-file limit less 1024)")
+	fs.Float64Var(&cfg.maxMsgRate, "max-msg-rate", 100, "messages per second one client may send, a second's worth at once; faster closes it with 1008 (0: no limit)")
+	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a client with 1001 after this long without a message either way; pings do not count (0: never)")
+	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping)")
+	fs.DurationVar(&cfg.pingTimeout, "ping-timeout", 20*time.Second, "a pinged client that then sends nothing for this long is dead: closed, DELETE with 1006")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "at shutdown, time to deliver pending messages and DELETEs before exiting")
 	cfg.logLevel = slog.LevelInfo
 	fs.Var(&logLevel{&cfg.logLevel}, "log-level", "log `level`: debug, info, warn or error")
@@ -226,6 +246,32 @@ func (c *config) check() error {
 	if c.maxHeader < 256 {
 		return bad("max-header-size", "must be at least 256 bytes")
 	}
+	if (c.tlsCert == "") != (c.tlsKey == "") {
+		return bad("tls-cert", "-tls-cert and -tls-key go together")
+	}
+	if strings.ContainsAny(c.controlToken, " \t\r\n") {
+		return bad("control-token", "must not contain spaces or line breaks")
+	}
+	if err := gateway.CheckOrigins(c.originList()); err != nil {
+		return bad("origins", err.Error())
+	}
+	if c.maxConns < 0 {
+		return bad("max-conns", "must not be negative")
+	}
+	if c.maxMsgRate < 0 || c.maxMsgRate != c.maxMsgRate {
+		return bad("max-msg-rate", "must not be negative")
+	}
+	for _, d := range []struct {
+		name string
+		v    time.Duration
+	}{{"idle-timeout", c.idleTimeout}, {"ping-interval", c.pingInterval}} {
+		if d.v < 0 {
+			return bad(d.name, "must not be negative (0 turns it off)")
+		}
+	}
+	if c.pingTimeout <= 0 {
+		return bad("ping-timeout", "must be positive")
+	}
 	if c.pollers < 0 {
 		return bad("pollers", "must not be negative")
 	}
@@ -238,6 +284,14 @@ func (c *config) check() error {
 		}
 	}
 	return nil
+}
+
+// originList splits -origins.
+func (c *config) originList() []string {
+	if c.origins == "" {
+		return nil
+	}
+	return strings.Split(c.origins, ",")
 }
 
 // backends returns the API base URLs: from -api-file if set, else -api.

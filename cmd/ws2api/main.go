@@ -3,6 +3,7 @@ package main
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -155,6 +156,18 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	trackBackends()
 
+	var cert *certificate
+	var tlsConfig *tls.Config
+	if cfg.tlsCert != "" {
+		cert = &certificate{certFile: cfg.tlsCert, keyFile: cfg.tlsKey}
+		leaf, err := cert.load()
+		if err != nil {
+			return err
+		}
+		tlsConfig = cert.serverConfig()
+		log.Info("TLS on the public listener", "subject", leaf.Subject.String(), "expires", leaf.NotAfter.UTC().Format(time.RFC3339))
+	}
+
 	gw, err := gateway.New(gateway.Options{
 		Loop:             lp,
 		API:              pool,
@@ -168,6 +181,13 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		MaxHeaderBytes:   int(cfg.maxHeader),
 		HandshakeTimeout: cfg.handshakeTimeout,
 		ForwardHeaders:   strings.Split(cfg.forwardHeaders, ","),
+		MaxConns:         cfg.maxConns,
+		MaxMessageRate:   cfg.maxMsgRate,
+		PingInterval:     cfg.pingInterval,
+		PingTimeout:      cfg.pingTimeout,
+		IdleTimeout:      cfg.idleTimeout,
+		Origins:          cfg.originList(),
+		TLS:              tlsConfig,
 	})
 	if err != nil {
 		return err
@@ -186,7 +206,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		return fmt.Errorf("control listener: %w", err)
 	}
 	ctl := control.NewServer(lp, control.New(control.Options{
-		Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage),
+		Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken,
 	}))
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- ctl.Serve(controlLn) }()
@@ -194,7 +214,12 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	go func() { gwDone <- gw.Serve(publicLn) }()
 
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
-		"api", strings.Join(bases, ","), "version", version)
+		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
+		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns())
+	if cfg.controlToken == "" && !loopback(controlLn.Addr()) {
+		log.Warn("the control listener is not on a loopback address and has no -control-token: anyone who reaches it can push to, read and close every client",
+			"control", controlLn.Addr().String())
+	}
 
 	// SIGHUP reloads what can change without dropping a connection: the
 	// API backends listed in -api-file.
@@ -209,7 +234,7 @@ wait:
 		case <-ctx.Done():
 			break wait
 		case <-hup:
-			reload(cfg, pool, log)
+			reload(cfg, pool, cert, log)
 			trackBackends()
 		case runErr = <-gwDone:
 			runErr = fmt.Errorf("public listener: %w", runErr)
@@ -233,10 +258,21 @@ wait:
 	return runErr
 }
 
-// reload re-reads -api-file on SIGHUP.
-func reload(cfg *config, pool *upstream.Pool, log *slog.Logger) {
+// reload re-reads -api-file and the TLS certificate on SIGHUP; what fails
+// to load is logged and the old one stays.
+func reload(cfg *config, pool *upstream.Pool, cert *certificate, log *slog.Logger) {
+	if cfg.apiFile == "" && cert == nil {
+		log.Info("SIGHUP: nothing to reload (no -api-file, no -tls-cert)")
+		return
+	}
+	if cert != nil {
+		if leaf, err := cert.load(); err != nil {
+			log.Error("SIGHUP: TLS certificate not reloaded; the old one stays", "error", err)
+		} else {
+			log.Info("SIGHUP: TLS certificate reloaded", "subject", leaf.Subject.String(), "expires", leaf.NotAfter.UTC().Format(time.RFC3339))
+		}
+	}
 	if cfg.apiFile == "" {
-		log.Info("SIGHUP: nothing to reload (the API backends come from -api, not -api-file)")
 		return
 	}
 	bases, err := cfg.backends()
@@ -248,6 +284,13 @@ func reload(cfg *config, pool *upstream.Pool, log *slog.Logger) {
 		return
 	}
 	log.Info("SIGHUP: API backends reloaded", "backends", strings.Join(bases, ","))
+}
+
+// loopback reports whether addr is a loopback address, reachable from this
+// machine only.
+func loopback(addr net.Addr) bool {
+	tcp, ok := addr.(*net.TCPAddr)
+	return ok && tcp.IP.IsLoopback()
 }
 
 func writeHeapProfile(path string, log *slog.Logger) {

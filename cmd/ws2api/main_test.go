@@ -196,6 +196,12 @@ func TestBadFlagValuesStopStartupWithOneLineAndExit2(t *testing.T) {
 		{[]string{"-forward-headers", "X-Ws2api-Meta-User"}, nil, "-forward-headers"},
 		{[]string{"-no-such-flag"}, nil, "no-such-flag"},
 		{nil, []string{"WS2API_DRAIN_TIMEOUT=later"}, "WS2API_DRAIN_TIMEOUT"},
+		{[]string{"-tls-cert", "cert.pem"}, nil, "-tls-cert"},
+		{[]string{"-origins", "example.com"}, nil, "-origins"},
+		{[]string{"-max-msg-rate", "-1"}, nil, "-max-msg-rate"},
+		{[]string{"-ping-timeout", "0s"}, nil, "-ping-timeout"},
+		{[]string{"-max-conns", "-5"}, nil, "-max-conns"},
+		{[]string{"-control-token", "two words"}, nil, "-control-token"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary, c.args...)

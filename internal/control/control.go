@@ -9,6 +9,8 @@
 package control
 
 import (
+	"crypto/sha256"
+	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -52,12 +54,16 @@ type Options struct {
 	Logger *slog.Logger
 	// MaxBodyBytes bounds a pushed or broadcast message. Default 1 MiB.
 	MaxBodyBytes int64
+	// Token, when set, must come with every request but GET /healthz as
+	// "Authorization: Bearer <Token>"; without it the answer is 401.
+	Token string
 }
 
 // Handler is the control API as an http.Handler.
 type Handler struct {
-	opts Options
-	mux  *http.ServeMux
+	opts  Options
+	mux   *http.ServeMux
+	token *[sha256.Size]byte // the token's hash; nil: no token needed
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -71,6 +77,10 @@ func New(opts Options) *Handler {
 		opts.MaxBodyBytes = 1 << 20
 	}
 	h := &Handler{opts: opts, mux: http.NewServeMux()}
+	if opts.Token != "" {
+		sum := sha256.Sum256([]byte(opts.Token))
+		h.token = &sum
+	}
 	h.mux.HandleFunc("GET /metrics", h.metrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { h.healthz().write(w) })
 	h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -89,7 +99,30 @@ func New(opts Options) *Handler {
 }
 
 // ServeHTTP implements http.Handler.
-func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) { h.mux.ServeHTTP(w, r) }
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
+	if !h.allowed(r.Method, r.URL.Path, r.Header.Get("Authorization")) {
+		resultUnauthorized.write(w)
+		return
+	}
+	h.mux.ServeHTTP(w, r)
+}
+
+// allowed reports whether a request may be served: it carries the token,
+// or none is needed. Health checks need none, so that load balancers and
+// orchestrators can probe without it. The comparison takes the same time
+// whatever the token sent: both sides are hashed, then compared in
+// constant time.
+func (h *Handler) allowed(method, path, authorization string) bool {
+	if h.token == nil || path == "/healthz" && method == http.MethodGet {
+		return true
+	}
+	scheme, token, _ := strings.Cut(authorization, " ")
+	if !strings.EqualFold(scheme, "Bearer") {
+		token = ""
+	}
+	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
+	return subtle.ConstantTimeCompare(sum[:], h.token[:]) == 1
+}
 
 // result is an answer before it is written, by net/http or by the
 // event-loop server.
@@ -97,14 +130,17 @@ type result struct {
 	status int
 	ctype  string // default text/plain; charset=utf-8
 	body   []byte
-	allow  string // the Allow header of a 405
+	allow  string    // the Allow header of a 405
+	header [2]string // one more header: name, value
 }
 
 func text(status int, msg string) result { return result{status: status, body: []byte(msg)} }
 
 var (
-	resultOK       = text(http.StatusOK, "ok")
-	resultNotFound = text(http.StatusNotFound, "not found")
+	resultOK           = text(http.StatusOK, "ok")
+	resultNotFound     = text(http.StatusNotFound, "not found")
+	resultUnauthorized = result{status: http.StatusUnauthorized, body: []byte("unauthorized: send Authorization: Bearer <the -control-token>\n"),
+		header: [2]string{"WWW-Authenticate", `Bearer realm="ws2api"`}}
 )
 
 func (r result) contentType() string {
@@ -118,6 +154,9 @@ func (r result) write(w http.ResponseWriter) {
 	w.Header().Set("Content-Type", r.contentType())
 	if r.allow != "" {
 		w.Header().Set("Allow", r.allow)
+	}
+	if r.header[0] != "" {
+		w.Header().Set(r.header[0], r.header[1])
 	}
 	w.WriteHeader(r.status)
 	_, _ = w.Write(r.body)

@@ -192,6 +192,13 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 		c.fail(http.StatusBadRequest, err.Error())
 		return 0, false
 	}
+	path, rawQuery, _ := strings.Cut(head.Target, "?")
+	if !h.allowed(head.Method, path, head.Get("Authorization")) {
+		// Not worth reading the body of: answer and close.
+		c.done = true
+		c.answers = append(c.answers, &answer{ready: true, b: appendResult(nil, resultUnauthorized, true), close: true})
+		return 0, false
+	}
 	length, chunked, err := head.BodyLength()
 	if err != nil {
 		c.fail(http.StatusBadRequest, err.Error())
@@ -230,7 +237,6 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 	if closeAfter {
 		c.done = true
 	}
-	path, rawQuery, _ := strings.Cut(head.Target, "?")
 	id, isClient := strings.CutPrefix(path, "/")
 	switch {
 	case path == "/healthz" && head.Method == http.MethodGet:
@@ -325,6 +331,12 @@ func appendResult(b []byte, r result, closeAfter bool) []byte {
 	if r.allow != "" {
 		b = append(b, "\r\nAllow: "...)
 		b = append(b, r.allow...)
+	}
+	if r.header[0] != "" {
+		b = append(b, "\r\n"...)
+		b = append(b, r.header[0]...)
+		b = append(b, ": "...)
+		b = append(b, r.header[1]...)
 	}
 	if closeAfter {
 		b = append(b, "\r\nConnection: close"...)

@@ -166,3 +166,9 @@ func joinOrigin(scheme, host, port string) string {
 	}
 	return scheme + "://" + host + ":" + port
 }
+
+// CheckOrigins reports the first bad entry of an Options.Origins list.
+func CheckOrigins(entries []string) error {
+	_, err := parseOrigins(entries)
+	return err
+}

@@ -453,3 +453,7 @@ func (r *rateLimiter) log(l *slog.Logger, msg string, args ...any) {
 	}
 	l.Warn(msg, args...)
 }
+
+// MaxConns is the bound on connected clients in force (Options.MaxConns,
+// or its default).
+func (s *Server) MaxConns() int { return s.opts.MaxConns }

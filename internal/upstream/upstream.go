@@ -148,7 +148,8 @@ func ParseBaseURL(s string) (*url.URL, error) {
 		return nil, fmt.Errorf("api url %q: no host", s)
 	}
 	if u.RawQuery != "" || u.Fragment != "" || u.User != nil {
-		return nil, fmt.Errorf("api url %q: no query, fragment or user info allowed", s)
+		// Redacted: the error is printed, and user info may hold a password.
+		return nil, fmt.Errorf("api url %q: no query, fragment or user info allowed", u.Redacted())
 	}
 	if !strings.HasSuffix(u.Path, "/") {
 		u.Path += "/"
