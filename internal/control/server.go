@@ -120,7 +120,7 @@ const (
 // and their answers queued in order.
 type ctlConn struct {
 	srv *Server
-	nc  *nbio.Conn
+	nc  writer
 
 	mu      sync.Mutex
 	in      []byte
@@ -128,6 +128,12 @@ type ctlConn struct {
 	out     []byte
 	done    bool // the last request said Connection: close, or was malformed
 	gone    atomic.Bool
+}
+
+// writer is where a connection's answers go: its *nbio.Conn.
+type writer interface {
+	Write(b []byte) (int, error)
+	Close() error
 }
 
 // answer is one request's answer, ready or being computed.

@@ -105,12 +105,18 @@ func ParseRequestHead(b []byte) (*RequestHead, error) {
 
 // BodyLength says how the request's body is framed: n bytes, or chunked.
 func (h *RequestHead) BodyLength() (n int, chunked bool, err error) {
-	te := h.Get("Transfer-Encoding")
+	tes := h.Values("Transfer-Encoding")
 	cl := h.Values("Content-Length")
+	te := ""
+	if len(tes) > 0 {
+		te = tes[0]
+	}
 	switch {
-	case te != "" && len(cl) > 0:
+	case len(tes) > 1:
+		return 0, false, errors.New("more than one Transfer-Encoding header")
+	case len(tes) > 0 && len(cl) > 0:
 		return 0, false, errors.New("both Content-Length and Transfer-Encoding")
-	case te != "":
+	case len(tes) > 0:
 		if !strings.EqualFold(strings.TrimSpace(te), "chunked") {
 			return 0, false, errors.New("unsupported Transfer-Encoding " + strconv.Quote(te))
 		}
@@ -124,7 +130,7 @@ func (h *RequestHead) BodyLength() (n int, chunked bool, err error) {
 		}
 	}
 	n64, err := strconv.ParseInt(cl[0], 10, 64)
-	if err != nil || n64 < 0 || n64 > 1<<40 {
+	if err != nil || n64 < 0 || n64 > 1<<40 || cl[0][0] < '0' || cl[0][0] > '9' {
 		return 0, false, errors.New("malformed Content-Length")
 	}
 	return int(n64), false, nil
