@@ -20,7 +20,7 @@ const HeaderGroups = "X-Ws2api-Groups"
 var (
 	ErrGroupEmpty   = errors.New("empty group name")
 	ErrGroupTooLong = errors.New("group name longer than 255 bytes")
-	ErrGroupChar    = errors.New("group name has a character outside A-Z a-z 0-9 . _ ~ - :")
+	ErrGroupChar    = errors.New("group name has a character outside A-Z a-z 0-9 : . _ ~ -")
 )
 
 // ValidGroup checks a group name: 1 to 255 bytes of A-Z a-z 0-9 . _ ~ - :
