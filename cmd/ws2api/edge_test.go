@@ -1,10 +1,13 @@
 package main
 
 import (
+	"bytes"
 	"crypto/tls"
+	"encoding/json"
 	"crypto/x509"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -195,5 +198,42 @@ func waitLog(t *testing.T, p *proc, s string) {
 			t.Fatalf("no %q in the log:\n%s", s, p.logs())
 		}
 		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// The load tool speaks wss, to measure the gateway serving TLS itself.
+func TestBenchOverWSS(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	api := startAPIProc(t, freeAddr(t), filepath.Join(dir, "api.log"))
+	cert := testkit.NewCert(t, "bench")
+	certFile, keyFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem")
+	if os.WriteFile(certFile, cert.CertPEM, 0o600) != nil || os.WriteFile(keyFile, cert.KeyPEM, 0o600) != nil {
+		t.Fatal("writing the certificate")
+	}
+	p := start(t, nil, "-api", api.url(), "-tls-cert", certFile, "-tls-key", keyFile)
+	out, err := exec.Command(binary, "bench", "-url", "wss://"+p.public+"/", "-insecure", "-control", p.control,
+		"-conns", "100", "-once", "-duration", "100ms", "-settle", "10ms", "-json", "-").Output()
+	if err != nil {
+		t.Fatalf("bench: %v\n%s", err, out)
+	}
+	var sum struct {
+		ConnectOK int `json:"connect_ok"`
+		Once      *struct {
+			Sent int64 `json:"sent"`
+			Recv int64 `json:"recv"`
+		} `json:"once"`
+	}
+	i := bytes.IndexByte(out, '{')
+	if i < 0 || json.Unmarshal(out[i:], &sum) != nil {
+		t.Fatalf("no JSON summary:\n%s", out)
+	}
+	if sum.ConnectOK != 100 || sum.Once == nil || sum.Once.Sent != 100 || sum.Once.Recv != 100 {
+		t.Fatalf("summary %+v %+v\n%s", sum, sum.Once, out)
+	}
+	// And without -insecure, the self-signed certificate is refused.
+	out, _ = exec.Command(binary, "bench", "-url", "wss://"+p.public+"/", "-conns", "1", "-once", "-duration", "100ms", "-settle", "10ms").CombinedOutput()
+	if !strings.Contains(string(out), "certificate") {
+		t.Fatalf("a self-signed certificate was accepted without -insecure:\n%s", out)
 	}
 }

@@ -60,6 +60,7 @@ type Options struct {
 	Prefix    string
 	Procs     int
 	Sources   bool
+	Insecure  bool
 	Once      bool
 	PID       int
 	Control   string
@@ -170,7 +171,8 @@ Flags:
 		fs.PrintDefaults()
 	}
 	var o Options
-	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:7001/", "gateway base URL; each client's id is appended")
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:7001/", "gateway base URL, ws:// or wss://; each client's id is appended")
+	fs.BoolVar(&o.Insecure, "insecure", false, "wss: accept any certificate (a self-signed one on a test gateway)")
 	fs.IntVar(&o.Conns, "conns", 1000, "connections to open")
 	fs.DurationVar(&o.Ramp, "ramp", 0, "time over which to open them (0: as fast as possible)")
 	fs.DurationVar(&o.Interval, "interval", 0, "each connection sends one message this often (0: never)")
@@ -272,7 +274,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		first := o.Conns * i / procs
 		cfg := workerConfig{
 			URL: o.URL, First: first, Count: o.Conns*(i+1)/procs - first, Total: o.Conns, Ramp: o.Ramp,
-			Dialers: o.Dialers, Interval: o.Interval, Size: o.Size, Prefix: o.Prefix, Sources: o.Sources,
+			Dialers: o.Dialers, Interval: o.Interval, Size: o.Size, Prefix: o.Prefix, Sources: o.Sources, Insecure: o.Insecure,
 		}
 		var err error
 		if procs == 1 {

@@ -4,6 +4,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
@@ -37,6 +38,7 @@ type workerConfig struct {
 	Size     int           `json:"size"`     // message size in bytes
 	Prefix   string        `json:"prefix"`   // id prefix
 	Sources  bool          `json:"sources"`  // spread connections over 127.0.1.x source addresses
+	Insecure bool          `json:"insecure"` // wss: accept any certificate
 }
 
 // report is a worker's cumulative counts, sent every second.
@@ -74,13 +76,20 @@ type worker struct {
 	all   []*loadConn
 }
 
+// wire is a load connection's socket: an *nbio.Conn, or for wss a
+// *tls.Conn read by a goroutine of its own.
+type wire interface {
+	Write(b []byte) (int, error)
+	Close() error
+}
+
 // tick is the send scheduler's resolution.
 const tick = 10 * time.Millisecond
 
 type loadConn struct {
 	w   *worker
 	idx int
-	nc  *nbio.Conn
+	nc  wire
 	key [4]byte
 
 	// While its upgrade is in progress (openAsync).
@@ -106,21 +115,7 @@ func newWorker(cfg workerConfig, index int) (*worker, error) {
 	})
 	w.engine.OnClose(func(c *nbio.Conn, err error) {
 		if lc, ok := c.Session().(*loadConn); ok {
-			lc.mu.Lock()
-			shaking := lc.shaking
-			lc.mu.Unlock()
-			if shaking {
-				lc.handshakeFailed(fmt.Errorf("connection closed during the upgrade: %v", err))
-				return
-			}
-			w.connected.Add(-1)
-			if w.finishing.Load() {
-				return
-			}
-			w.closed.Add(1)
-			if err != nil {
-				w.noteError(fmt.Errorf("connection closed: %w", err))
-			}
+			lc.closed(err)
 		}
 	})
 	if err := w.engine.Start(); err != nil {
@@ -130,6 +125,42 @@ func newWorker(cfg workerConfig, index int) (*worker, error) {
 }
 
 func (w *worker) noteError(err error) { w.lastErr.Store(err.Error()) }
+
+// closed counts a connection's end.
+func (lc *loadConn) closed(err error) {
+	w := lc.w
+	lc.mu.Lock()
+	shaking := lc.shaking
+	lc.mu.Unlock()
+	if shaking {
+		lc.handshakeFailed(fmt.Errorf("connection closed during the upgrade: %v", err))
+		return
+	}
+	w.connected.Add(-1)
+	if w.finishing.Load() {
+		return
+	}
+	w.closed.Add(1)
+	if err != nil {
+		w.noteError(fmt.Errorf("connection closed: %w", err))
+	}
+}
+
+// readLoop feeds a wss connection's bytes to onData until it ends.
+func (lc *loadConn) readLoop(conn net.Conn) {
+	buf := make([]byte, 4<<10)
+	for {
+		n, err := conn.Read(buf)
+		if n > 0 {
+			lc.onData(buf[:n])
+		}
+		if err != nil {
+			conn.Close()
+			lc.closed(err)
+			return
+		}
+	}
+}
 
 func (w *worker) snapshot(done bool) report {
 	r := report{
@@ -153,9 +184,9 @@ func (w *worker) run(ctx, sending context.Context) {
 	}
 	jobs := make(chan int)
 	var dialers sync.WaitGroup
-	if cfg.Sources {
-		// Bound to 127.0.1.x sources: Go's dialer, a goroutine per
-		// handshake in progress.
+	if _, _, secure, _ := splitWSURL(cfg.URL); cfg.Sources || secure {
+		// Bound to 127.0.1.x sources, or wss: Go's dialer, a goroutine
+		// per handshake in progress.
 		for range max(1, cfg.Dialers) {
 			dialers.Go(func() {
 				for i := range jobs {
@@ -268,7 +299,7 @@ func (w *worker) open(ctx context.Context, g int) {
 		w.noteError(fmt.Errorf("connect %s: %w", id, err))
 	}
 	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: w.sourceAddr(g), Control: bindNoPort}
-	host, path, err := splitWSURL(w.cfg.URL)
+	host, path, secure, err := splitWSURL(w.cfg.URL)
 	if err != nil {
 		fail(err)
 		return
@@ -277,6 +308,10 @@ func (w *worker) open(ctx context.Context, g int) {
 	if err != nil {
 		fail(err)
 		return
+	}
+	if secure {
+		name, _, _ := net.SplitHostPort(host)
+		conn = tls.Client(conn, &tls.Config{ServerName: name, InsecureSkipVerify: w.cfg.Insecure, NextProtos: []string{"http/1.1"}})
 	}
 	var key [16]byte
 	for i := range key {
@@ -322,18 +357,24 @@ func (w *worker) open(ctx context.Context, g int) {
 	lc := &loadConn{w: w, idx: g}
 	binaryKey := rand.Uint32()
 	lc.key = [4]byte{byte(binaryKey), byte(binaryKey >> 8), byte(binaryKey >> 16), byte(binaryKey >> 24)}
-	nc, err := nbio.NBConn(conn)
-	if err != nil {
-		fail(err)
-		return
-	}
-	lc.nc = nc
-	nc.SetSession(lc)
-	w.connected.Add(1)
-	if _, err := w.engine.AddConn(nc); err != nil {
-		w.connected.Add(-1)
-		fail(err)
-		return
+	if secure {
+		lc.nc = conn
+		w.connected.Add(1)
+		go lc.readLoop(conn)
+	} else {
+		nc, err := nbio.NBConn(conn)
+		if err != nil {
+			fail(err)
+			return
+		}
+		lc.nc = nc
+		nc.SetSession(lc)
+		w.connected.Add(1)
+		if _, err := w.engine.AddConn(nc); err != nil {
+			w.connected.Add(-1)
+			fail(err)
+			return
+		}
 	}
 	w.connLat.Record(time.Since(start))
 	w.connectOK.Add(1)
@@ -354,7 +395,7 @@ func (w *worker) open(ctx context.Context, g int) {
 // handshake succeeded or failed.
 func (w *worker) openAsync(g int, done func()) {
 	id := w.cfg.Prefix + strconv.Itoa(g)
-	host, path, err := splitWSURL(w.cfg.URL)
+	host, path, _, err := splitWSURL(w.cfg.URL)
 	if err != nil {
 		w.connectFail.Add(1)
 		w.noteError(err)
@@ -432,7 +473,7 @@ func (lc *loadConn) shaken(head []byte) bool {
 		return false
 	}
 	lc.shaking = false
-	_ = lc.nc.SetReadDeadline(time.Time{})
+	_ = lc.nc.(*nbio.Conn).SetReadDeadline(time.Time{}) // only openAsync's connections shake here
 	w.connLat.Record(time.Since(lc.started))
 	w.connectOK.Add(1)
 	w.connected.Add(1)
@@ -556,11 +597,14 @@ func truncate(p []byte, n int) []byte {
 	return p
 }
 
-// splitWSURL splits ws://host:port/base/ into host:port and /base/.
-func splitWSURL(u string) (host, path string, err error) {
+// splitWSURL splits ws://host:port/base/ (or wss://) into host:port and
+// /base/.
+func splitWSURL(u string) (host, path string, secure bool, err error) {
 	rest, ok := cutPrefix(u, "ws://")
 	if !ok {
-		return "", "", fmt.Errorf("url %q: want ws://host:port/", u)
+		if rest, secure = cutPrefix(u, "wss://"); !secure {
+			return "", "", false, fmt.Errorf("url %q: want ws://host:port/ or wss://host:port/", u)
+		}
 	}
 	host, path = rest, "/"
 	if i := bytes.IndexByte([]byte(rest), '/'); i >= 0 {
@@ -569,7 +613,7 @@ func splitWSURL(u string) (host, path string, err error) {
 	if path[len(path)-1] != '/' {
 		path += "/"
 	}
-	return host, path, nil
+	return host, path, secure, nil
 }
 
 func cutPrefix(s, p string) (string, bool) {
