@@ -4,13 +4,17 @@
 //
 // A message's way through, file by file:
 //
-//	server.go   accept -> nbio's event loop (no goroutine per connection)
-//	upgrade.go  request head -> GET <api><id> -> 101, or 400/403/502/504
-//	conn.go     bytes -> frames -> messages; close handshake
-//	forward.go  message -> per-connection queue -> POST -> reply frame;
-//	            close -> DELETE after the pending POSTs
-//	registry.go id -> connection, for the control API
-//	hub.go      push, info, kick, broadcast (what the control API calls)
+//	server.go    accept -> nbio's event loop (no goroutine per connection)
+//	tls.go       or, with Options.TLS, crypto/tls on two goroutines
+//	upgrade.go   request head -> GET <api><id> -> 101, or 400/403/502/504
+//	origins.go   the Origin allow-list, checked before the API is asked
+//	conn.go      bytes -> frames -> messages; close handshake
+//	forward.go   message -> per-connection queue -> POST -> reply frame;
+//	             close -> DELETE after the pending POSTs
+//	registry.go  id -> connection, for the control API
+//	hub.go       push, info, kick, broadcast (what the control API calls)
+//	keepalive.go pings for silent clients, closes for dead and idle ones;
+//	             the message rate limit
 //
 // Event-loop callbacks never block: requests to the API are handed to an
 // [upstream.Client] and answered on its goroutines.
