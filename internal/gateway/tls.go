@@ -25,23 +25,37 @@ type socket interface {
 var _ socket = (*nbio.Conn)(nil)
 
 // A client served over TLS (Options.TLS) does not live on the event loop:
-// crypto/tls, kept current with Go's security fixes, needs blocking reads,
-// so each such client has a goroutine reading (which calls the conn's
-// OnData and OnClose as the loop would) and one writing. That costs more
-// memory per connection than the loop; at scale, TLS is terminated by
-// HAProxy in front (see deploy/).
+// crypto/tls, kept current with Go's security fixes, needs blocking reads.
+// Each such client has a goroutine reading, which calls the conn's OnData
+// and OnClose as the loop would, and, while there is something to write, a
+// goroutine writing. The TLS handshake runs on a goroutine of its own that
+// ends with it, so that the deep stack the handshake's cryptography needs
+// is not kept for the connection's life. That still costs far more memory
+// per connection than the event loop (BENCHMARKS.md: TLS); at scale, TLS
+// is terminated by HAProxy or nginx in front (deploy/).
 
-// serveTLS serves one accepted connection over TLS until it closes.
+// serveTLS serves one accepted connection over TLS: it runs the handshake,
+// then hands the connection to a reading goroutine.
 func (s *Server) serveTLS(raw net.Conn) {
 	tc := tls.Server(raw, s.opts.TLS)
-	t := &tlsSocket{tc: tc, raw: raw, maxOut: s.opts.MaxOutgoingBytes, flush: s.opts.CloseTimeout, wake: make(chan struct{}, 1)}
-	// The handshake timeout covers the TLS handshake too: it happens
-	// within the first Read.
+	t := &tlsSocket{tc: tc, raw: raw, maxOut: s.opts.MaxOutgoingBytes, flushTime: s.opts.CloseTimeout}
+	// The handshake timeout covers the TLS handshake too.
 	c := s.newConn(t, raw.RemoteAddr().String())
-	go t.writeLoop()
-	buf := make([]byte, 4<<10)
+	if err := tc.Handshake(); err != nil {
+		c.OnClose(nil, t.abort(err))
+		return
+	}
+	go t.readLoop(c)
+}
+
+// tlsReadBuffer is the reading goroutine's buffer: crypto/tls holds a
+// whole record itself, this is only what one Read hands over.
+const tlsReadBuffer = 1 << 10
+
+func (t *tlsSocket) readLoop(c *conn) {
+	buf := make([]byte, tlsReadBuffer)
 	for {
-		n, err := tc.Read(buf)
+		n, err := t.tc.Read(buf)
 		if n > 0 {
 			c.OnData(nil, buf[:n])
 		}
@@ -52,16 +66,17 @@ func (s *Server) serveTLS(raw net.Conn) {
 	}
 }
 
-// tlsSocket queues what the conn writes for its writing goroutine.
+// tlsSocket queues what the conn writes for a writing goroutine, started
+// when there is something to write and gone when it is written.
 type tlsSocket struct {
-	tc     *tls.Conn
-	raw    net.Conn
-	maxOut int
-	flush  time.Duration // how long Close waits for queued bytes to leave
-	wake   chan struct{} // one token: something to write, or closing
+	tc        *tls.Conn
+	raw       net.Conn
+	maxOut    int
+	flushTime time.Duration // how long Close waits for queued bytes to leave
 
 	mu      sync.Mutex
 	out     []byte
+	writing bool // a flush goroutine runs
 	closing bool
 	err     error // why the socket closed, when ws2api decided it
 }
@@ -78,7 +93,7 @@ func (t *tlsSocket) Write(b []byte) (int, error) {
 		return 0, nbio.ErrOverflow
 	}
 	t.out = append(t.out, b...)
-	t.signal()
+	t.startFlush()
 	return len(b), nil
 }
 
@@ -100,23 +115,58 @@ func (t *tlsSocket) Close() error {
 	defer t.mu.Unlock()
 	if !t.closing {
 		t.closing = true
-		_ = t.raw.SetWriteDeadline(time.Now().Add(t.flush))
-		t.signal()
+		_ = t.raw.SetWriteDeadline(time.Now().Add(t.flushTime))
+		t.startFlush()
 	}
 	return nil
 }
 
 func (t *tlsSocket) SetReadDeadline(d time.Time) error { return t.raw.SetReadDeadline(d) }
 
-func (t *tlsSocket) signal() {
-	select {
-	case t.wake <- struct{}{}:
-	default:
+// startFlush starts the writing goroutine unless it runs; t.mu is held.
+func (t *tlsSocket) startFlush() {
+	if !t.writing {
+		t.writing = true
+		go t.flush()
 	}
 }
 
-// abort closes the socket after a failed read, dropping what is queued,
-// and returns why it ended: ws2api's reason if it had one, else err.
+// flush writes what is queued until nothing is; then, if the socket is
+// closing, it closes it.
+func (t *tlsSocket) flush() {
+	for {
+		t.mu.Lock()
+		buf := t.out
+		t.out = nil
+		if len(buf) == 0 {
+			closing := t.closing
+			t.writing = closing // a closed socket never needs another
+			t.mu.Unlock()
+			if closing {
+				_ = t.tc.Close() // close_notify, then the socket
+			}
+			return
+		}
+		t.mu.Unlock()
+		if _, err := t.tc.Write(buf); err != nil {
+			t.raw.Close() // the reading goroutine sees it and ends the conn
+			t.mu.Lock()
+			t.closing, t.out = true, nil
+			t.mu.Unlock()
+			return
+		}
+		// Keep a small buffer for the next write.
+		t.mu.Lock()
+		if t.out == nil && cap(buf) <= 4<<10 {
+			t.out = buf[:0]
+		}
+		t.mu.Unlock()
+	}
+}
+
+// abort closes the socket after a failed read or handshake, dropping what
+// is queued, and returns why it ended: ws2api's reason if it had one, else
+// err.
 func (t *tlsSocket) abort(err error) error {
 	t.mu.Lock()
 	defer t.mu.Unlock()
@@ -129,30 +179,5 @@ func (t *tlsSocket) abort(err error) error {
 	t.closing = true
 	t.out = nil
 	t.raw.Close()
-	t.signal()
 	return t.err
-}
-
-// writeLoop writes what the conn queued until the socket closes.
-func (t *tlsSocket) writeLoop() {
-	var buf []byte
-	for range t.wake {
-		t.mu.Lock()
-		buf, t.out = t.out, buf[:0]
-		if cap(t.out) > 64<<10 {
-			t.out = nil
-		}
-		closing := t.closing
-		t.mu.Unlock()
-		if len(buf) > 0 {
-			if _, err := t.tc.Write(buf); err != nil {
-				t.raw.Close()
-				return
-			}
-		}
-		if closing {
-			_ = t.tc.Close() // close_notify, then the socket
-			return
-		}
-	}
 }
