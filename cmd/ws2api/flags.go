@@ -11,6 +11,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/upstream"
 )
@@ -50,6 +51,10 @@ type config struct {
 	pingInterval time.Duration
 	pingTimeout  time.Duration
 
+	redis         string
+	clusterPrefix string
+	relayTimeout  time.Duration
+
 	retryFirst  time.Duration
 	retryMax    time.Duration
 	retryGiveUp time.Duration
@@ -73,6 +78,7 @@ var flagGroups = []struct {
 }{
 	{"Listeners", []string{"listen", "control", "api", "api-file"}},
 	{"Security", []string{"control-token", "tls-cert", "tls-key", "origins"}},
+	{"Cluster", []string{"redis", "cluster-prefix", "relay-timeout"}},
 	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
 	{"Limits", []string{"max-conns", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
@@ -114,6 +120,9 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a client with 1001 after this long without a message either way; pings do not count (0: never)")
 	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping)")
 	fs.DurationVar(&cfg.pingTimeout, "ping-timeout", 20*time.Second, "a pinged client that then sends nothing for this long is dead: closed, DELETE with 1006")
+	fs.StringVar(&cfg.redis, "redis", "", "join the cluster whose bus is this Redis `URL` (redis://[:password@]host:port/db, rediss:// for TLS): control requests reach clients on any node, broadcasts every node")
+	fs.StringVar(&cfg.clusterPrefix, "cluster-prefix", "ws2api:", "`prefix` of every Redis key and channel the cluster uses (clusters sharing one Redis need different ones)")
+	fs.DurationVar(&cfg.relayTimeout, "relay-timeout", 2*time.Second, "time a control request relayed to another node has to be answered")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "at shutdown, time to deliver pending messages and DELETEs before exiting")
 	cfg.logLevel = slog.LevelInfo
 	fs.Var(&logLevel{&cfg.logLevel}, "log-level", "log `level`: debug, info, warn or error")
@@ -271,6 +280,17 @@ func (c *config) check() error {
 	}
 	if c.pingTimeout <= 0 {
 		return bad("ping-timeout", "must be positive")
+	}
+	if c.redis != "" {
+		if err := cluster.CheckURL(c.redis); err != nil {
+			return bad("redis", err.Error())
+		}
+	}
+	if c.clusterPrefix == "" {
+		return bad("cluster-prefix", "must not be empty")
+	}
+	if c.relayTimeout <= 0 {
+		return bad("relay-timeout", "must be positive")
 	}
 	if c.pollers < 0 {
 		return bad("pollers", "must not be negative")

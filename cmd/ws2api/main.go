@@ -21,6 +21,7 @@ import (
 	"time"
 
 	"github.com/ws2api/ws2api/internal/bench"
+	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/control"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/loop"
@@ -194,6 +195,19 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	}
 	gwReady.Store(gw)
 
+	var bus *cluster.Bus
+	if cfg.redis != "" {
+		bus, err = cluster.New(cluster.Options{
+			URL: cfg.redis, Local: gw, Prefix: cfg.clusterPrefix, Timeout: cfg.relayTimeout, Logger: log, Metrics: m,
+		})
+		if err != nil {
+			gw.Shutdown(context.Background())
+			return err
+		}
+		defer bus.Close()
+		gw.SetPresence(bus)
+	}
+
 	publicLn, err := net.Listen("tcp", cfg.listen)
 	if err != nil {
 		gw.Shutdown(context.Background())
@@ -205,9 +219,11 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		gw.Shutdown(context.Background())
 		return fmt.Errorf("control listener: %w", err)
 	}
-	ctl := control.NewServer(lp, control.New(control.Options{
-		Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken,
-	}))
+	ctlOpts := control.Options{Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken}
+	if bus != nil {
+		ctlOpts.Relay = bus
+	}
+	ctl := control.NewServer(lp, control.New(ctlOpts))
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- ctl.Serve(controlLn) }()
 	gwDone := make(chan error, 1)
@@ -215,7 +231,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
 		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
-		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns())
+		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns(), "node", gw.Node(), "cluster", bus != nil)
 	if cfg.controlToken == "" && !loopback(controlLn.Addr()) {
 		log.Warn("the control listener is not on a loopback address and has no -control-token: anyone who reaches it can push to, read and close every client",
 			"control", controlLn.Addr().String())
@@ -255,7 +271,7 @@ wait:
 		log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	}
 	_ = ctl.Close()
-	return runErr
+	return runErr // then bus.Close: the shutdown's disconnects reach Redis
 }
 
 // reload re-reads -api-file and the TLS certificate on SIGHUP; what fails

@@ -54,6 +54,7 @@ type proc struct {
 	cmd     *exec.Cmd
 	public  string // host:port
 	control string // http://host:port
+	node    string // its name on the cluster bus
 	mu      sync.Mutex
 	log     bytes.Buffer
 	exited  chan struct{}
@@ -101,6 +102,7 @@ func start(t *testing.T, env []string, args ...string) *proc {
 	select {
 	case rec := <-ready:
 		p.public, p.control = rec["public"].(string), "http://"+rec["control"].(string)
+		p.node, _ = rec["node"].(string)
 	case <-p.exited:
 		t.Fatalf("ws2api exited before serving: %v\n%s", p.exitErr, p.logs())
 	case <-time.After(10 * time.Second):
@@ -349,5 +351,15 @@ func TestBenchDrivesTheGatewayFromWorkerProcesses(t *testing.T) {
 	}
 	if sum.Gateway == nil || sum.Gateway.CPUPerMsgUs <= 0 || sum.Gateway.RSSIdleMiB <= 0 {
 		t.Fatalf("no gateway figures: %+v", sum.Gateway)
+	}
+}
+
+// alive reports whether the process is still running.
+func (p *proc) alive() bool {
+	select {
+	case <-p.exited:
+		return false
+	default:
+		return true
 	}
 }

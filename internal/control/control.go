@@ -22,6 +22,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/ws"
@@ -57,6 +58,97 @@ type Options struct {
 	// Token, when set, must come with every request but GET /healthz as
 	// "Authorization: Bearer <Token>"; without it the answer is 401.
 	Token string
+	// Relay, when set, reaches the clients of the cluster's other nodes:
+	// a request for an id not connected here goes to the node holding
+	// it, and broadcasts reach every node.
+	Relay Relay
+}
+
+// Relay reaches clients held by other nodes (internal/cluster's Bus).
+// Its methods block, for a round trip through Redis and another node.
+type Relay interface {
+	Push(id string, binary bool, data []byte) error
+	PushMany(ids []string, binary bool, data []byte) (notConnected []string, err error)
+	Info(id string) (gateway.Info, error)
+	Kick(id string, code int, reason string) error
+	Join(id, group string) error
+	Leave(id, group string) (bool, error)
+	SetMeta(id, name, value string, remove bool) error
+	Broadcast(group string, binary bool, data []byte) (delivered, nodes int, err error)
+}
+
+var _ Relay = (*cluster.Bus)(nil)
+
+// clientHub is what the per-client endpoints act on: this node's clients
+// (the Hub), or with a Relay, the cluster's.
+type clientHub interface {
+	Push(id string, binary bool, data []byte) error
+	Info(id string) (gateway.Info, error)
+	Kick(id string, code int, reason string) error
+	Join(id, group string) error
+	Leave(id, group string) (bool, error)
+	SetMeta(id, name, value string, remove bool) error
+}
+
+// clusterHub tries this node's clients first, then the node holding the
+// id.
+type clusterHub struct {
+	local Hub
+	relay Relay
+}
+
+func (c clusterHub) Push(id string, binary bool, data []byte) error {
+	if err := c.local.Push(id, binary, data); !errors.Is(err, gateway.ErrNotConnected) {
+		return err
+	}
+	return c.relay.Push(id, binary, data)
+}
+
+func (c clusterHub) Info(id string) (gateway.Info, error) {
+	if info, err := c.local.Info(id); !errors.Is(err, gateway.ErrNotConnected) {
+		return info, err
+	}
+	return c.relay.Info(id)
+}
+
+func (c clusterHub) Kick(id string, code int, reason string) error {
+	if err := c.local.Kick(id, code, reason); !errors.Is(err, gateway.ErrNotConnected) {
+		return err
+	}
+	return c.relay.Kick(id, code, reason)
+}
+
+func (c clusterHub) Join(id, group string) error {
+	if err := c.local.Join(id, group); !errors.Is(err, gateway.ErrNotConnected) {
+		return err
+	}
+	return c.relay.Join(id, group)
+}
+
+func (c clusterHub) Leave(id, group string) (bool, error) {
+	if was, err := c.local.Leave(id, group); !errors.Is(err, gateway.ErrNotConnected) {
+		return was, err
+	}
+	return c.relay.Leave(id, group)
+}
+
+func (c clusterHub) SetMeta(id, name, value string, remove bool) error {
+	if err := c.local.SetMeta(id, name, value, remove); !errors.Is(err, gateway.ErrNotConnected) {
+		return err
+	}
+	return c.relay.SetMeta(id, name, value, remove)
+}
+
+// busFailure answers a request the cluster bus could not carry, if err
+// says so.
+func busFailure(id string, err error) (result, bool) {
+	switch {
+	case errors.Is(err, cluster.ErrUnavailable):
+		return text(http.StatusServiceUnavailable, "the cluster bus (Redis) is unavailable, and "+id+" is not connected to this node: try again shortly\n"), true
+	case errors.Is(err, cluster.ErrTimeout):
+		return text(http.StatusGatewayTimeout, "the node holding "+id+" did not answer in time\n"), true
+	}
+	return result{}, false
 }
 
 // Handler is the control API as an http.Handler.
@@ -64,6 +156,7 @@ type Handler struct {
 	opts  Options
 	mux   *http.ServeMux
 	token *[sha256.Size]byte // the token's hash; nil: no token needed
+	hub   clientHub          // the Hub, or with a Relay the cluster
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -76,7 +169,10 @@ func New(opts Options) *Handler {
 	if opts.MaxBodyBytes <= 0 {
 		opts.MaxBodyBytes = 1 << 20
 	}
-	h := &Handler{opts: opts, mux: http.NewServeMux()}
+	h := &Handler{opts: opts, mux: http.NewServeMux(), hub: opts.Hub}
+	if opts.Relay != nil {
+		h.hub = clusterHub{local: opts.Hub, relay: opts.Relay}
+	}
 	if opts.Token != "" {
 		sum := sha256.Sum256([]byte(opts.Token))
 		h.token = &sum
@@ -191,7 +287,7 @@ func (h *Handler) client(w http.ResponseWriter, r *http.Request) {
 		}
 	}
 	id := strings.TrimPrefix(r.URL.EscapedPath(), "/")
-	h.clientResult(r.Method, id, r.URL.RawQuery, r.Header.Get("Content-Type"), body).write(w)
+	h.clientResult(h.hub, r.Method, id, r.URL.RawQuery, r.Header.Get("Content-Type"), body).write(w)
 }
 
 func (h *Handler) tooLarge() result { return text(http.StatusRequestEntityTooLarge, h.tooLargeText()) }
@@ -201,29 +297,33 @@ func (h *Handler) tooLargeText() string {
 }
 
 // clientResult answers /<id>: POST pushes, GET describes, DELETE closes.
-func (h *Handler) clientResult(method, id, rawQuery, contentType string, body []byte) result {
+func (h *Handler) clientResult(hub clientHub, method, id, rawQuery, contentType string, body []byte) result {
 	if err := gateway.ValidID(id); err != nil {
 		return text(http.StatusBadRequest, "bad client id: "+err.Error())
 	}
 	switch method {
 	case http.MethodPost:
-		return h.push(id, contentType, body)
+		return h.push(hub, id, contentType, body)
 	case http.MethodGet:
-		return h.info(id)
+		return h.info(hub, id)
 	case http.MethodDelete:
-		return h.kick(id, rawQuery)
+		return h.kick(hub, id, rawQuery)
 	}
 	r := text(http.StatusMethodNotAllowed, "method not allowed: use POST to push, GET to look up, DELETE to close")
 	r.allow = "GET, POST, DELETE"
 	return r
 }
 
-func (h *Handler) push(id, contentType string, body []byte) result {
+func (h *Handler) push(hub clientHub, id, contentType string, body []byte) result {
 	binary, bad := messageKind(contentType, body)
 	if bad != nil {
 		return *bad
 	}
-	switch err := h.opts.Hub.Push(id, binary, body); {
+	err := hub.Push(id, binary, body)
+	if r, ok := busFailure(id, err); ok {
+		return r
+	}
+	switch {
 	case errors.Is(err, gateway.ErrNotConnected):
 		return resultNotFound
 	case err != nil:
@@ -232,15 +332,18 @@ func (h *Handler) push(id, contentType string, body []byte) result {
 	return resultOK
 }
 
-func (h *Handler) info(id string) result {
-	info, err := h.opts.Hub.Info(id)
-	if errors.Is(err, gateway.ErrNotConnected) {
+func (h *Handler) info(hub clientHub, id string) result {
+	info, err := hub.Info(id)
+	if r, ok := busFailure(id, err); ok {
+		return r
+	}
+	if err != nil {
 		return resultNotFound
 	}
 	return jsonResult(info)
 }
 
-func (h *Handler) kick(id, rawQuery string) result {
+func (h *Handler) kick(hub clientHub, id, rawQuery string) result {
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
 		return text(http.StatusBadRequest, "malformed query: "+err.Error())
@@ -260,7 +363,11 @@ func (h *Handler) kick(id, rawQuery string) result {
 	case !utf8.ValidString(reason):
 		return text(http.StatusBadRequest, "close reason is not valid UTF-8")
 	}
-	if err := h.opts.Hub.Kick(id, code, reason); errors.Is(err, gateway.ErrNotConnected) {
+	err = hub.Kick(id, code, reason)
+	if r, ok := busFailure(id, err); ok {
+		return r
+	}
+	if err != nil {
 		return resultNotFound
 	}
 	return resultOK
@@ -295,7 +402,7 @@ func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 			text(http.StatusBadRequest, "bad group: "+err.Error()).write(w)
 			return
 		}
-		jsonResult(map[string]any{"group": group, "delivered": n}).write(w)
+		h.overCluster(group, binary, body, n, map[string]any{"group": group}).write(w)
 	case len(ids) > 0:
 		for _, id := range ids {
 			if err := gateway.ValidID(id); err != nil {
@@ -304,10 +411,41 @@ func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 			}
 		}
 		missing := h.opts.Hub.PushMany(ids, binary, body)
-		jsonResult(map[string]any{"delivered": len(ids) - len(missing), "not_connected": append([]string{}, missing...)}).write(w)
+		var err error
+		if h.opts.Relay != nil && len(missing) > 0 {
+			missing, err = h.opts.Relay.PushMany(missing, binary, body)
+		}
+		res := jsonResult(map[string]any{"delivered": len(ids) - len(missing), "not_connected": append([]string{}, missing...)})
+		if err != nil {
+			res = jsonResult(map[string]any{"delivered": len(ids) - len(missing), "not_connected": append([]string{}, missing...), "error": err.Error()})
+			res.status = http.StatusServiceUnavailable
+		}
+		res.write(w)
 	default:
-		jsonResult(map[string]int{"delivered": h.opts.Hub.Broadcast(binary, body)}).write(w)
+		h.overCluster("", binary, body, h.opts.Hub.Broadcast(binary, body), map[string]any{}).write(w)
 	}
+}
+
+// overCluster takes a broadcast this node delivered to n of its clients to
+// the other nodes, if there are any, and answers with the total. If the
+// bus cannot carry it, the answer is 503 and says how many got it.
+func (h *Handler) overCluster(group string, binary bool, body []byte, n int, answer map[string]any) result {
+	answer["delivered"] = n
+	if h.opts.Relay == nil {
+		return jsonResult(answer)
+	}
+	remote, nodes, err := h.opts.Relay.Broadcast(group, binary, body)
+	answer["delivered"], answer["nodes"] = n+remote, nodes+1
+	if err == nil {
+		return jsonResult(answer)
+	}
+	answer["error"] = err.Error() + ": only the nodes counted got it"
+	res := jsonResult(answer)
+	res.status = http.StatusServiceUnavailable
+	if errors.Is(err, cluster.ErrTimeout) {
+		res.status = http.StatusGatewayTimeout
+	}
+	return res
 }
 
 // list serves GET /: with ?group=g a page of its members (?after=id to go
@@ -345,13 +483,17 @@ func (h *Handler) group(w http.ResponseWriter, r *http.Request) {
 	}
 	var err error
 	if r.Method == http.MethodPut {
-		err = h.opts.Hub.Join(id, group)
+		err = h.hub.Join(id, group)
 	} else {
 		var was bool
-		if was, err = h.opts.Hub.Leave(id, group); err == nil && !was {
+		if was, err = h.hub.Leave(id, group); err == nil && !was {
 			text(http.StatusNotFound, "not in group").write(w)
 			return
 		}
+	}
+	if res, ok := busFailure(id, err); ok {
+		res.write(w)
+		return
 	}
 	switch {
 	case errors.Is(err, gateway.ErrNotConnected):
@@ -376,12 +518,18 @@ func (h *Handler) meta(w http.ResponseWriter, r *http.Request) {
 		text(http.StatusBadRequest, "meta value: "+err.Error()).write(w)
 		return
 	}
-	err = h.opts.Hub.SetMeta(id, name, strings.TrimSpace(string(value)), r.Method == http.MethodDelete)
+	err = h.hub.SetMeta(id, name, strings.TrimSpace(string(value)), r.Method == http.MethodDelete)
+	if res, ok := busFailure(id, err); ok {
+		res.write(w)
+		return
+	}
 	switch {
 	case errors.Is(err, gateway.ErrNotConnected):
 		resultNotFound.write(w)
 	case errors.Is(err, gateway.ErrBadMeta):
 		text(http.StatusBadRequest, "bad meta header: the name must be a header token, the value one line of at most 8 KiB").write(w)
+	case err != nil:
+		text(http.StatusBadRequest, err.Error()).write(w)
 	default:
 		resultOK.write(w)
 	}

@@ -248,7 +248,14 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 	case path == "/healthz" && head.Method == http.MethodGet:
 		c.ready(h.healthz(), closeAfter)
 	case isClient && id != "" && !strings.Contains(id, "/") && path != "/metrics" && id != "healthz":
-		c.ready(h.clientResult(head.Method, id, rawQuery, head.Get("Content-Type"), body), closeAfter)
+		// This node's clients are served here; an id held by another node
+		// needs a round trip through the bus, on a goroutine.
+		r := h.clientResult(h.opts.Hub, head.Method, id, rawQuery, head.Get("Content-Type"), body)
+		if r.status == http.StatusNotFound && h.opts.Relay != nil {
+			c.slow(append([]byte(nil), b[:total]...), closeAfter)
+			break
+		}
+		c.ready(r, closeAfter)
 	default:
 		// The rest goes to net/http's handler, on a goroutine: the raw
 		// request is read again by http.ReadRequest.

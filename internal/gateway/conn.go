@@ -220,6 +220,9 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.lastActive.Store(c.connectedAt.UnixNano())
 	c.lastRead.Store(c.connectedAt.UnixNano())
 	old := s.reg.swap(c)
+	if s.opts.Presence != nil {
+		s.opts.Presence.Connected(c.id)
+	}
 	for _, g := range groups {
 		c.joinLocked(g)
 	}
@@ -422,7 +425,9 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	if !c.upgraded {
 		return // the API knows nothing of it, or hears of its end in authorized
 	}
-	s.reg.remove(c)
+	if s.reg.remove(c) && s.opts.Presence != nil {
+		s.opts.Presence.Disconnected(c.id)
+	}
 	c.leaveAllLocked()
 	s.m.ConnectionsClosed.Inc()
 	s.m.Connections.Dec()

@@ -91,6 +91,7 @@ type Info struct {
 	MessagesOut     uint64            `json:"messages_out"`
 	PendingMessages int               `json:"pending_messages"`
 	PendingBytes    int64             `json:"pending_bytes"`
+	Node            string            `json:"node"` // the node holding it
 }
 
 // Info describes the connection holding id.
@@ -124,6 +125,7 @@ func (s *Server) Info(id string) (Info, error) {
 		MessagesOut:     c.msgsOut.Load(),
 		PendingMessages: pending,
 		PendingBytes:    c.pendingBytes,
+		Node:            s.node,
 	}, nil
 }
 
@@ -137,6 +139,16 @@ func (s *Server) Kick(id string, code int, reason string) error {
 	defer c.mu.Unlock()
 	c.closeLocked(closeInfo{code: code, reason: reason, cause: metrics.CauseKick})
 	return nil
+}
+
+// CloseReplaced closes the client holding id with 4000 "replaced", as when
+// another connection takes its id: another node holds it now. The API gets
+// no DELETE for it (it saw the new connection's GET).
+func (s *Server) CloseReplaced(id string) {
+	if c, err := s.open(id); err == nil {
+		c.closeLocked(closeReplaced)
+		c.mu.Unlock()
+	}
 }
 
 // Join adds the client holding id to a group.

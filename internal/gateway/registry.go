@@ -50,14 +50,16 @@ func (r *registry) swap(c *conn) (old *conn) {
 }
 
 // remove unregisters c, unless its id already belongs to a newer
-// connection.
-func (r *registry) remove(c *conn) {
+// connection; it reports whether it did.
+func (r *registry) remove(c *conn) bool {
 	sh := r.shard(c.id)
 	sh.mu.Lock()
-	if sh.m[c.id] == c {
-		delete(sh.m, c.id)
+	defer sh.mu.Unlock()
+	if sh.m[c.id] != c {
+		return false
 	}
-	sh.mu.Unlock()
+	delete(sh.m, c.id)
+	return true
 }
 
 func (r *registry) count() int {
@@ -69,6 +71,20 @@ func (r *registry) count() int {
 		sh.mu.RUnlock()
 	}
 	return n
+}
+
+// ids returns a snapshot of every connected id.
+func (r *registry) ids() []string {
+	out := make([]string, 0, r.count())
+	for i := range r.shards {
+		sh := &r.shards[i]
+		sh.mu.RLock()
+		for id := range sh.m {
+			out = append(out, id)
+		}
+		sh.mu.RUnlock()
+	}
+	return out
 }
 
 // all returns a snapshot of every connection.

@@ -117,9 +117,22 @@ type Options struct {
 	// Origin (devices, servers) are not affected.
 	Origins []string
 
+	// Presence, when set, hears of every id that connects to this node and
+	// every id that leaves it (internal/cluster keeps the cluster's map of
+	// ids to nodes with it). Its methods must not block.
+	Presence Presence
+
 	// TLS, when set, makes Serve speak TLS (wss): see tls.go. Default
 	// plain TCP (ws), TLS being terminated in front.
 	TLS *tls.Config
+}
+
+// Presence is told which ids this node holds: Connected when an id's
+// connection opens (also when it replaces another on this node),
+// Disconnected when the id has no connection here any more.
+type Presence interface {
+	Connected(id string)
+	Disconnected(id string)
 }
 
 // DefaultForwardHeaders is the default of Options.ForwardHeaders.
@@ -390,6 +403,17 @@ func (s *Server) RetryNow() {
 
 // Count returns the number of connected clients.
 func (s *Server) Count() int { return s.reg.count() }
+
+// SetPresence sets Options.Presence for a server made before what it
+// reports to (the cluster bus needs the server): call it before Serve.
+func (s *Server) SetPresence(p Presence) { s.opts.Presence = p }
+
+// IDs returns the ids connected to this node, in no order.
+func (s *Server) IDs() []string { return s.reg.ids() }
+
+// Node returns this node's name: random, made at start, the prefix of its
+// connection ids.
+func (s *Server) Node() string { return s.node }
 
 // newConnID returns an id unique to one connection for its life:
 // X-Ws2api-Connection-Id.

@@ -262,3 +262,39 @@ func (m *Metrics) familyOf(line string) string {
 	}
 	return ""
 }
+
+// Relay outcomes, the label values of ws2api_cluster_relays_total.
+const (
+	RelayDelivered   = "delivered"   // the holding node answered
+	RelayNotFound    = "not_found"   // the id is connected nowhere
+	RelayUnavailable = "unavailable" // the bus (Redis) could not be used
+	RelayTimeout     = "timeout"     // the holding node did not answer in time
+)
+
+// Cluster holds the cluster bus's figures (internal/cluster).
+type Cluster struct {
+	Relays      map[string]*vm.Counter // control requests relayed to another node, by outcome
+	Served      *vm.Counter            // requests served for other nodes
+	Latency     *vm.PrometheusHistogram
+	PresenceErr *vm.Counter
+}
+
+// Cluster registers the bus's metrics; up is read at scrape time.
+func (m *Metrics) Cluster(up func() bool) *Cluster {
+	m.Gauge("ws2api_cluster_bus_up", "Whether this node is subscribed to the cluster bus (1) or not (0).", func() float64 {
+		if up() {
+			return 1
+		}
+		return 0
+	})
+	c := &Cluster{Relays: map[string]*vm.Counter{}}
+	m.declare("ws2api_cluster_relays_total", "counter", "Control requests for an id held by another node, relayed over the bus, by outcome.")
+	for _, o := range []string{RelayDelivered, RelayNotFound, RelayUnavailable, RelayTimeout} {
+		c.Relays[o] = m.set.NewCounter(fmt.Sprintf(`ws2api_cluster_relays_total{outcome=%q}`, o))
+	}
+	c.Served = m.counter("ws2api_cluster_served_total", "Control requests and broadcasts served for other nodes.")
+	m.declare("ws2api_cluster_relay_duration_seconds", "histogram", "Time from relaying a control request to the holding node's answer.")
+	c.Latency = m.set.NewPrometheusHistogramExt("ws2api_cluster_relay_duration_seconds", latencyBuckets)
+	c.PresenceErr = m.counter("ws2api_cluster_presence_errors_total", "Batches of presence updates that could not be written to the bus.")
+	return c
+}

@@ -1,0 +1,337 @@
+// Package cluster owns the bus between ws2api nodes: one Redis server,
+// reached through rueidis, that knows which node holds each client id,
+// carries a control request to the node holding its client, and fans
+// broadcasts out to every node.
+//
+// What lives in Redis (every key under Options.Prefix, default "ws2api:"):
+//
+//	id:<id>     the name of the node holding <id>, with an expiry: a crashed
+//	            node's ids disappear by themselves (presence.go)
+//	node:<name> a channel per node: requests for its clients, answers to
+//	            its own requests (relay.go)
+//	all         a channel every node hears: broadcasts
+//
+// A node that cannot reach Redis keeps serving its own clients; what
+// needs another node answers ErrUnavailable (the control API's 503) until
+// the bus is back, when the node subscribes again and writes its presence
+// anew.
+package cluster
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/metrics"
+)
+
+// Local is the node's own side, what the bus acts on for other nodes: a
+// *gateway.Server.
+type Local interface {
+	Push(id string, binary bool, data []byte) error
+	PushMany(ids []string, binary bool, data []byte) (notConnected []string)
+	Info(id string) (gateway.Info, error)
+	Kick(id string, code int, reason string) error
+	Join(id, group string) error
+	Leave(id, group string) (bool, error)
+	SetMeta(id, name, value string, remove bool) error
+	Broadcast(binary bool, data []byte) int
+	BroadcastGroup(group string, binary bool, data []byte) (int, error)
+	CloseReplaced(id string)
+	IDs() []string
+	Node() string
+}
+
+var _ Local = (*gateway.Server)(nil)
+
+// Errors of the bus.
+var (
+	// ErrUnavailable: Redis cannot be reached, so another node's clients
+	// cannot be either.
+	ErrUnavailable = errors.New("the cluster bus (Redis) is unavailable")
+	// ErrTimeout: the node holding the client did not answer in time.
+	ErrTimeout = errors.New("the node holding the client did not answer in time")
+)
+
+// Options configures a [Bus]. URL and Local are required.
+type Options struct {
+	// URL is Redis's: redis://[:password@]host:port/db, or rediss:// for
+	// TLS.
+	URL   string
+	Local Local
+	// Prefix starts every key and channel, so that clusters can share a
+	// Redis. Default "ws2api:".
+	Prefix string
+	// Timeout bounds one relayed request, Redis and the other node
+	// included. Default 2s.
+	Timeout time.Duration
+	// PresenceTTL is how long an id's record outlives its node's last
+	// refresh; a node refreshes its ids every third of it. Default 10m.
+	PresenceTTL time.Duration
+	Logger      *slog.Logger
+	Metrics     *metrics.Metrics
+}
+
+// Bus is one node's connection to the cluster.
+type Bus struct {
+	opts Options
+	node string
+	log  *slog.Logger
+	m    *metrics.Cluster
+	rc   atomic.Value // rueidis.Client, once connected
+
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	up       atomic.Bool   // subscribed: relays may be tried
+	seq      atomic.Uint64 // request numbers
+	mu       sync.Mutex
+	waiting  map[uint64]chan envelope // answers awaited, by request number
+	presence presenceQueue
+	resync   chan struct{} // one token: write every local id's presence again
+	warn     warnLimiter
+}
+
+// New connects to Redis and subscribes to the node's channels. It returns
+// once the URL is checked; the connection itself is made and kept in the
+// background, so that a node starts even while Redis is away.
+func New(opts Options) (*Bus, error) {
+	if opts.Local == nil {
+		return nil, errors.New("cluster: Options.Local is required")
+	}
+	ropts, err := rueidis.ParseURL(opts.URL)
+	if err != nil {
+		return nil, fmt.Errorf("cluster: redis url: %v", redactErr(err, opts.URL))
+	}
+	if opts.Prefix == "" {
+		opts.Prefix = "ws2api:"
+	}
+	if opts.Timeout <= 0 {
+		opts.Timeout = 2 * time.Second
+	}
+	if opts.PresenceTTL <= 0 {
+		opts.PresenceTTL = 10 * time.Minute
+	}
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Metrics == nil {
+		opts.Metrics = metrics.New()
+	}
+	ropts.Dialer.Timeout = time.Second
+	ropts.ConnWriteTimeout = 3 * time.Second
+	ropts.DisableCache = true
+	// No retries inside rueidis: a relay fails fast (503) while Redis is
+	// away, and the subscription loop below notices and reconnects.
+	ropts.DisableRetry = true
+	ropts.ClientName = "ws2api-" + opts.Local.Node()
+	// New fails when Redis is away; the node must start anyway, so the
+	// client is made lazily, by the connect loop.
+	b := &Bus{
+		opts:    opts,
+		node:    opts.Local.Node(),
+		log:     opts.Logger,
+		waiting: map[uint64]chan envelope{},
+		resync:  make(chan struct{}, 1),
+	}
+	b.m = opts.Metrics.Cluster(b.up.Load)
+	b.presence.wake = make(chan struct{}, 1)
+	b.ctx, b.cancel = context.WithCancel(context.Background())
+	ready := make(chan struct{})
+	b.wg.Go(func() { b.connect(ropts, ready) })
+	<-ready
+	return b, nil
+}
+
+// Node is this node's name on the bus.
+func (b *Bus) Node() string { return b.node }
+
+// Up reports whether the node is subscribed to the bus.
+func (b *Bus) Up() bool { return b.up.Load() }
+
+// Close writes the presence updates still queued (within a second: the
+// disconnects of a shutdown), then unsubscribes and closes the connection.
+func (b *Bus) Close() {
+	deadline := time.Now().Add(time.Second)
+	for b.up.Load() && b.presence.pending() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	b.cancel()
+	b.wg.Wait()
+	if c := b.client(); c != nil {
+		c.Close()
+	}
+}
+
+// client returns the Redis client, nil before the first connection.
+func (b *Bus) client() rueidis.Client {
+	c, _ := b.rc.Load().(rueidis.Client)
+	return c
+}
+
+func (b *Bus) nodeChannel(node string) string { return b.opts.Prefix + "node:" + node }
+func (b *Bus) allChannel() string             { return b.opts.Prefix + "all" }
+func (b *Bus) idKey(id string) string         { return b.opts.Prefix + "id:" + id }
+
+// connect makes the Redis client (retrying while Redis is away), then
+// keeps the subscription and the presence writer running until Close.
+func (b *Bus) connect(ropts rueidis.ClientOption, ready chan struct{}) {
+	backoff := 100 * time.Millisecond
+	for {
+		c, err := rueidis.NewClient(ropts)
+		if err == nil {
+			b.rc.Store(c)
+			break
+		}
+		if backoff == 100*time.Millisecond {
+			close(ready) // start serving local clients meanwhile
+		}
+		b.warn.log(b.log, "cluster bus: cannot reach Redis; retrying", "error", err)
+		select {
+		case <-b.ctx.Done():
+			return
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 5*time.Second)
+	}
+	if backoff == 100*time.Millisecond {
+		close(ready)
+	}
+	b.wg.Go(b.writePresence)
+	b.wg.Go(b.refreshPresence)
+	b.subscribe()
+}
+
+// subscribe listens on the node's channel and the broadcast channel,
+// again after every failure, until Close.
+func (b *Bus) subscribe() {
+	hook := func(s rueidis.PubSubSubscription) {
+		if s.Kind == "subscribe" && s.Count == 2 {
+			// Subscribed (again): relays may go, and the presence written
+			// while Redis was away, or lost with it, is written anew.
+			if !b.up.Swap(true) {
+				b.log.Info("cluster bus up", "node", b.node)
+			}
+			b.requestResync()
+		}
+	}
+	ctx := rueidis.WithOnSubscriptionHook(b.ctx, hook)
+	backoff := 100 * time.Millisecond
+	c := b.client()
+	for b.ctx.Err() == nil {
+		cmd := c.B().Subscribe().Channel(b.nodeChannel(b.node), b.allChannel()).Build()
+		err := c.Receive(ctx, cmd, b.received)
+		if b.ctx.Err() != nil {
+			break
+		}
+		if b.up.Swap(false) {
+			b.log.Warn("cluster bus down: relays answer 503 until it is back", "error", err)
+		}
+		select {
+		case <-b.ctx.Done():
+		case <-time.After(backoff):
+		}
+		backoff = min(2*backoff, 2*time.Second)
+	}
+	b.up.Store(false)
+}
+
+// received takes one message from the bus, on rueidis's reading
+// goroutine: it must not block.
+func (b *Bus) received(msg rueidis.PubSubMessage) {
+	var e envelope
+	if err := json.Unmarshal([]byte(msg.Message), &e); err != nil {
+		b.warn.log(b.log, "cluster bus: unreadable message", "channel", msg.Channel, "error", err)
+		return
+	}
+	switch e.Kind {
+	case kindAnswer:
+		b.mu.Lock()
+		ch := b.waiting[e.Req]
+		b.mu.Unlock()
+		if ch != nil {
+			select {
+			case ch <- e:
+			default: // a late duplicate
+			}
+		}
+	case kindRequest, kindBroadcast:
+		if e.From == b.node {
+			return // our own broadcast: delivered locally already
+		}
+		go b.serve(e)
+	case kindReplaced:
+		b.opts.Local.CloseReplaced(e.ID)
+	}
+}
+
+// publish sends e on channel and returns how many nodes heard it.
+func (b *Bus) publish(ctx context.Context, channel string, e *envelope) (int64, error) {
+	c := b.client()
+	if c == nil {
+		return 0, ErrUnavailable
+	}
+	body, err := json.Marshal(e)
+	if err != nil {
+		return 0, err
+	}
+	n, err := c.Do(ctx, c.B().Publish().Channel(channel).Message(rueidis.BinaryString(body)).Build()).AsInt64()
+	if err != nil {
+		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return n, nil
+}
+
+// warnLimiter keeps a repeated warning to one line every ten seconds.
+type warnLimiter struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+	held map[string]int
+}
+
+func (w *warnLimiter) log(l *slog.Logger, msg string, args ...any) {
+	w.mu.Lock()
+	if w.last == nil {
+		w.last, w.held = map[string]time.Time{}, map[string]int{}
+	}
+	if time.Since(w.last[msg]) < 10*time.Second {
+		w.held[msg]++
+		w.mu.Unlock()
+		return
+	}
+	if n := w.held[msg]; n > 0 {
+		args = append(args, "suppressed", n)
+	}
+	w.last[msg], w.held[msg] = time.Now(), 0
+	w.mu.Unlock()
+	l.Warn(msg, args...)
+}
+
+// CheckURL reports whether url is a Redis URL the bus can use.
+func CheckURL(url string) error {
+	if _, err := rueidis.ParseURL(url); err != nil {
+		return errors.New(redactErr(err, url))
+	}
+	return nil
+}
+
+// redactErr keeps a password in the URL out of an error's text.
+func redactErr(err error, url string) string {
+	s := err.Error()
+	if i := strings.Index(url, "://"); i >= 0 {
+		if at := strings.LastIndex(url, "@"); at > i {
+			s = strings.ReplaceAll(s, url[i+3:at], "***")
+		}
+	}
+	return s
+}

@@ -1,0 +1,350 @@
+package cluster
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/redis/rueidis"
+
+	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/metrics"
+)
+
+// A relayed request's way, for an id this node does not hold:
+//
+//	holder    GET id:<id> -> the node holding it, or none (not connected)
+//	call      PUBLISH node:<holder> a request -> that node's serve runs it
+//	          on its clients and PUBLISHes the answer on node:<us>
+//	received  the answer wakes call, which returns it
+//
+// A PUBLISH no node hears means the holder is gone (crashed, or cut off
+// from Redis): its record is stale, deleted, and the id is not connected.
+
+// Kinds of bus message.
+const (
+	kindRequest   = "req"
+	kindAnswer    = "ans"
+	kindBroadcast = "bc"
+	kindReplaced  = "rpl"
+)
+
+// Request operations.
+const (
+	opPush     = "push"
+	opPushMany = "pushmany"
+	opInfo     = "info"
+	opKick     = "kick"
+	opJoin     = "join"
+	opLeave    = "leave"
+	opMeta     = "meta"
+)
+
+// envelope is every message on the bus, as JSON.
+type envelope struct {
+	Kind string `json:"k"`
+	Req  uint64 `json:"r,omitempty"` // request number, chosen by From
+	From string `json:"f,omitempty"` // the requesting node
+
+	// Requests and broadcasts.
+	Op     string   `json:"op,omitempty"`
+	ID     string   `json:"id,omitempty"`
+	IDs    []string `json:"ids,omitempty"`
+	Binary bool     `json:"bin,omitempty"`
+	Data   []byte   `json:"data,omitempty"`
+	Code   int      `json:"code,omitempty"`
+	Reason string   `json:"reason,omitempty"`
+	Group  string   `json:"group,omitempty"`
+	Name   string   `json:"name,omitempty"`
+	Value  string   `json:"value,omitempty"`
+	Remove bool     `json:"remove,omitempty"`
+
+	// Answers.
+	NotConnected bool          `json:"nc,omitempty"`  // the id is not (or no longer) here
+	Err          string        `json:"err,omitempty"` // a refusal, e.g. a bad group name
+	Info         *gateway.Info `json:"info,omitempty"`
+	Count        int           `json:"count,omitempty"`
+	Missing      []string      `json:"missing,omitempty"`
+	Was          bool          `json:"was,omitempty"`
+}
+
+// errRefused carries another node's refusal (a bad group or meta name)
+// back as the error its own hub gave.
+type errRefused struct{ msg string }
+
+func (e errRefused) Error() string { return e.msg }
+
+// Push sends a message to id, held by another node.
+func (b *Bus) Push(id string, binary bool, data []byte) error {
+	_, err := b.relay(id, envelope{Op: opPush, ID: id, Binary: binary, Data: data})
+	return err
+}
+
+// Info describes id's connection on the node holding it.
+func (b *Bus) Info(id string) (gateway.Info, error) {
+	a, err := b.relay(id, envelope{Op: opInfo, ID: id})
+	if err != nil || a.Info == nil {
+		return gateway.Info{}, errOr(err, gateway.ErrNotConnected)
+	}
+	return *a.Info, nil
+}
+
+// Kick closes id's connection on the node holding it.
+func (b *Bus) Kick(id string, code int, reason string) error {
+	_, err := b.relay(id, envelope{Op: opKick, ID: id, Code: code, Reason: reason})
+	return err
+}
+
+// Join adds id, held by another node, to a group.
+func (b *Bus) Join(id, group string) error {
+	_, err := b.relay(id, envelope{Op: opJoin, ID: id, Group: group})
+	return err
+}
+
+// Leave removes id, held by another node, from a group.
+func (b *Bus) Leave(id, group string) (bool, error) {
+	a, err := b.relay(id, envelope{Op: opLeave, ID: id, Group: group})
+	return a.Was, err
+}
+
+// SetMeta sets or removes a meta header of id, held by another node.
+func (b *Bus) SetMeta(id, name, value string, remove bool) error {
+	_, err := b.relay(id, envelope{Op: opMeta, ID: id, Name: name, Value: value, Remove: remove})
+	return err
+}
+
+// PushMany sends a message to each of ids, none held by this node: one
+// request per node holding some of them. It returns the ids connected
+// nowhere.
+func (b *Bus) PushMany(ids []string, binary bool, data []byte) (notConnected []string, err error) {
+	if !b.up.Load() {
+		b.m.Relays[metrics.RelayUnavailable].Inc()
+		return ids, ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	defer cancel()
+	c := b.client()
+	keys := make([]string, len(ids))
+	for i, id := range ids {
+		keys[i] = b.idKey(id)
+	}
+	holders, err := c.Do(ctx, c.B().Mget().Key(keys...).Build()).ToArray()
+	if err != nil {
+		b.m.Relays[metrics.RelayUnavailable].Inc()
+		return ids, ErrUnavailable
+	}
+	byNode := map[string][]string{}
+	for i, h := range holders {
+		node, err := h.ToString()
+		if err != nil || node == b.node {
+			notConnected = append(notConnected, ids[i])
+			continue
+		}
+		byNode[node] = append(byNode[node], ids[i])
+	}
+	type result struct {
+		ids     []string
+		missing []string
+		err     error
+	}
+	results := make(chan result, len(byNode))
+	for node, nodeIDs := range byNode {
+		go func() {
+			a, err := b.call(ctx, node, envelope{Op: opPushMany, IDs: nodeIDs, Binary: binary, Data: data})
+			results <- result{nodeIDs, a.Missing, err}
+		}()
+	}
+	for range byNode {
+		r := <-results
+		switch {
+		case errors.Is(r.err, errNobody):
+			notConnected = append(notConnected, r.ids...)
+		case r.err != nil:
+			notConnected = append(notConnected, r.ids...)
+			err = r.err
+		default:
+			notConnected = append(notConnected, r.missing...)
+		}
+	}
+	return notConnected, err
+}
+
+// relay runs a request on the node holding id.
+func (b *Bus) relay(id string, req envelope) (envelope, error) {
+	start := time.Now()
+	a, err := b.relayOnce(id, req)
+	outcome := metrics.RelayDelivered
+	switch {
+	case errors.Is(err, gateway.ErrNotConnected):
+		outcome = metrics.RelayNotFound
+	case errors.Is(err, ErrUnavailable):
+		outcome = metrics.RelayUnavailable
+	case errors.Is(err, ErrTimeout):
+		outcome = metrics.RelayTimeout
+	}
+	b.m.Relays[outcome].Inc()
+	if outcome == metrics.RelayDelivered {
+		b.m.Latency.Update(time.Since(start).Seconds())
+	}
+	return a, err
+}
+
+func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
+	if !b.up.Load() {
+		return envelope{}, ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	defer cancel()
+	c := b.client()
+	node, err := c.Do(ctx, c.B().Get().Key(b.idKey(id)).Build()).ToString()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return envelope{}, gateway.ErrNotConnected
+	case err != nil:
+		return envelope{}, ErrUnavailable
+	case node == b.node:
+		// Ours, yet not here: a record left from a connection that ended
+		// while Redis was away.
+		b.forget(ctx, id, node)
+		return envelope{}, gateway.ErrNotConnected
+	}
+	a, err := b.call(ctx, node, req)
+	switch {
+	case errors.Is(err, errNobody):
+		b.forget(ctx, id, node)
+		return envelope{}, gateway.ErrNotConnected
+	case err != nil:
+		return envelope{}, err
+	case a.NotConnected:
+		return a, gateway.ErrNotConnected
+	case a.Err != "":
+		return a, errRefused{a.Err}
+	}
+	return a, nil
+}
+
+// errNobody: a request no node heard.
+var errNobody = errors.New("no node is listening")
+
+// call sends req to node and waits for its answer.
+func (b *Bus) call(ctx context.Context, node string, req envelope) (envelope, error) {
+	req.Kind, req.From, req.Req = kindRequest, b.node, b.seq.Add(1)
+	ch := make(chan envelope, 1)
+	b.mu.Lock()
+	b.waiting[req.Req] = ch
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.waiting, req.Req)
+		b.mu.Unlock()
+	}()
+	n, err := b.publish(ctx, b.nodeChannel(node), &req)
+	switch {
+	case err != nil:
+		return envelope{}, err
+	case n == 0:
+		return envelope{}, errNobody
+	}
+	select {
+	case a := <-ch:
+		return a, nil
+	case <-ctx.Done():
+		return envelope{}, ErrTimeout
+	}
+}
+
+// serve runs another node's request or broadcast on this node's clients
+// and sends the answer back.
+func (b *Bus) serve(e envelope) {
+	b.m.Served.Inc()
+	l := b.opts.Local
+	a := envelope{Kind: kindAnswer, Req: e.Req}
+	var err error
+	switch e.Kind {
+	case kindBroadcast:
+		if e.Group != "" {
+			a.Count, err = l.BroadcastGroup(e.Group, e.Binary, e.Data)
+		} else {
+			a.Count = l.Broadcast(e.Binary, e.Data)
+		}
+	default:
+		switch e.Op {
+		case opPush:
+			err = l.Push(e.ID, e.Binary, e.Data)
+		case opPushMany:
+			a.Missing = l.PushMany(e.IDs, e.Binary, e.Data)
+		case opInfo:
+			var info gateway.Info
+			if info, err = l.Info(e.ID); err == nil {
+				a.Info = &info
+			}
+		case opKick:
+			err = l.Kick(e.ID, e.Code, e.Reason)
+		case opJoin:
+			err = l.Join(e.ID, e.Group)
+		case opLeave:
+			a.Was, err = l.Leave(e.ID, e.Group)
+		case opMeta:
+			err = l.SetMeta(e.ID, e.Name, e.Value, e.Remove)
+		default:
+			err = errors.New("unknown operation " + e.Op)
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	defer cancel()
+	switch {
+	case errors.Is(err, gateway.ErrNotConnected):
+		a.NotConnected = true
+		// A record naming this node for an id it does not hold is left
+		// from a disconnect written while Redis was away.
+		b.forget(ctx, e.ID, b.node)
+	case err != nil:
+		a.Err = err.Error()
+	}
+	if _, err := b.publish(ctx, b.nodeChannel(e.From), &a); err != nil {
+		b.warn.log(b.log, "cluster bus: cannot answer another node", "node", e.From, "error", err)
+	}
+}
+
+// Broadcast sends a message to every other node's clients (group "" for
+// all, else that group's members) and returns how many received it and
+// how many nodes answered; the caller delivers to its own.
+func (b *Bus) Broadcast(group string, binary bool, data []byte) (delivered, nodes int, err error) {
+	if !b.up.Load() {
+		return 0, 0, ErrUnavailable
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	defer cancel()
+	e := envelope{Kind: kindBroadcast, From: b.node, Req: b.seq.Add(1), Group: group, Binary: binary, Data: data}
+	ch := make(chan envelope, 64)
+	b.mu.Lock()
+	b.waiting[e.Req] = ch
+	b.mu.Unlock()
+	defer func() {
+		b.mu.Lock()
+		delete(b.waiting, e.Req)
+		b.mu.Unlock()
+	}()
+	heard, err := b.publish(ctx, b.allChannel(), &e)
+	if err != nil {
+		return 0, 0, err
+	}
+	// Every node heard it, this one too; the others answer with a count.
+	for range heard - 1 {
+		select {
+		case a := <-ch:
+			delivered += a.Count
+			nodes++
+		case <-ctx.Done():
+			return delivered, nodes, ErrTimeout
+		}
+	}
+	return delivered, nodes, nil
+}
+
+func errOr(err, otherwise error) error {
+	if err != nil {
+		return err
+	}
+	return otherwise
+}
