@@ -171,7 +171,7 @@ Flags:
 		fs.PrintDefaults()
 	}
 	var o Options
-	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:7001/", "gateway base URL, ws:// or wss://; each client's id is appended")
+	fs.StringVar(&o.URL, "url", "ws://127.0.0.1:7001/", "gateway base URL, ws:// or wss://; each client's id is appended. Several, comma-separated (a cluster's nodes), take turns")
 	fs.BoolVar(&o.Insecure, "insecure", false, "wss: accept any certificate (a self-signed one on a test gateway)")
 	fs.IntVar(&o.Conns, "conns", 1000, "connections to open")
 	fs.DurationVar(&o.Ramp, "ramp", 0, "time over which to open them (0: as fast as possible)")

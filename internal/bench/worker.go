@@ -14,6 +14,7 @@ import (
 	"net"
 	"net/http"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -184,7 +185,7 @@ func (w *worker) run(ctx, sending context.Context) {
 	}
 	jobs := make(chan int)
 	var dialers sync.WaitGroup
-	if _, _, secure, _ := splitWSURL(cfg.URL); cfg.Sources || secure {
+	if _, _, secure, _ := splitWSURL(w.urlFor(0)); cfg.Sources || secure {
 		// Bound to 127.0.1.x sources, or wss: Go's dialer, a goroutine
 		// per handshake in progress.
 		for range max(1, cfg.Dialers) {
@@ -299,7 +300,7 @@ func (w *worker) open(ctx context.Context, g int) {
 		w.noteError(fmt.Errorf("connect %s: %w", id, err))
 	}
 	d := net.Dialer{Timeout: 10 * time.Second, LocalAddr: w.sourceAddr(g), Control: bindNoPort}
-	host, path, secure, err := splitWSURL(w.cfg.URL)
+	host, path, secure, err := splitWSURL(w.urlFor(g))
 	if err != nil {
 		fail(err)
 		return
@@ -395,7 +396,7 @@ func (w *worker) open(ctx context.Context, g int) {
 // handshake succeeded or failed.
 func (w *worker) openAsync(g int, done func()) {
 	id := w.cfg.Prefix + strconv.Itoa(g)
-	host, path, _, err := splitWSURL(w.cfg.URL)
+	host, path, _, err := splitWSURL(w.urlFor(g))
 	if err != nil {
 		w.connectFail.Add(1)
 		w.noteError(err)
@@ -595,6 +596,13 @@ func truncate(p []byte, n int) []byte {
 		return p[:n]
 	}
 	return p
+}
+
+// urlFor is the gateway connection g goes to: with several URLs (a
+// cluster's nodes, comma-separated), they take turns.
+func (w *worker) urlFor(g int) string {
+	urls := strings.Split(w.cfg.URL, ",")
+	return urls[g%len(urls)]
 }
 
 // splitWSURL splits ws://host:port/base/ (or wss://) into host:port and
