@@ -18,6 +18,10 @@ import (
 
 // config is everything the flags (or WS2API_* variables) decide.
 type config struct {
+	// demoPage, set by `ws2api demo` (not a flag), renders the page the
+	// public listener serves at GET /, given the control listener's port.
+	demoPage func(controlPort int) []byte
+
 	listen        string
 	api           string
 	apiFile       string

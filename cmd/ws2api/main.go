@@ -60,6 +60,8 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 		switch args[0] {
 		case "bench":
 			return bench.Main(ctx, args[1:], os.Stdin, stdout, stderr)
+		case "demo":
+			return demo(ctx, args[1:], getenv, stdout, stderr)
 		case "version", "-version", "--version":
 			fmt.Fprintf(stdout, "ws2api %s (%s, %s/%s)\n", version, runtime.Version(), runtime.GOOS, runtime.GOARCH)
 			return nil
@@ -69,6 +71,11 @@ func run(ctx context.Context, args []string, getenv func(string) string, stdout,
 	if err != nil {
 		return err
 	}
+	return startGateway(ctx, cfg, stderr)
+}
+
+// startGateway runs the gateway configured by cfg, with its profiles.
+func startGateway(ctx context.Context, cfg *config, stderr io.Writer) error {
 	log := newLogger(cfg, stderr)
 	slog.SetDefault(log)
 
@@ -169,6 +176,19 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		log.Info("TLS on the public listener", "subject", leaf.Subject.String(), "expires", leaf.NotAfter.UTC().Format(time.RFC3339))
 	}
 
+	publicLn, err := net.Listen("tcp", cfg.listen)
+	if err != nil {
+		return fmt.Errorf("public listener: %w", err)
+	}
+	controlLn, err := net.Listen("tcp", cfg.control)
+	if err != nil {
+		publicLn.Close()
+		return fmt.Errorf("control listener: %w", err)
+	}
+	var page []byte
+	if cfg.demoPage != nil {
+		page = cfg.demoPage(controlLn.Addr().(*net.TCPAddr).Port)
+	}
 	gw, err := gateway.New(gateway.Options{
 		Loop:             lp,
 		API:              pool,
@@ -189,8 +209,11 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		IdleTimeout:      cfg.idleTimeout,
 		Origins:          cfg.originList(),
 		TLS:              tlsConfig,
+		Page:             page,
 	})
 	if err != nil {
+		publicLn.Close()
+		controlLn.Close()
 		return err
 	}
 	gwReady.Store(gw)
@@ -201,6 +224,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 			URL: cfg.redis, Local: gw, Prefix: cfg.clusterPrefix, Timeout: cfg.relayTimeout, Logger: log, Metrics: m,
 		})
 		if err != nil {
+			publicLn.Close()
+			controlLn.Close()
 			gw.Shutdown(context.Background())
 			return err
 		}
@@ -208,17 +233,6 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		gw.SetPresence(bus)
 	}
 
-	publicLn, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		gw.Shutdown(context.Background())
-		return fmt.Errorf("public listener: %w", err)
-	}
-	controlLn, err := net.Listen("tcp", cfg.control)
-	if err != nil {
-		publicLn.Close()
-		gw.Shutdown(context.Background())
-		return fmt.Errorf("control listener: %w", err)
-	}
 	ctlOpts := control.Options{Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken}
 	if bus != nil {
 		ctlOpts.Relay = bus
@@ -232,6 +246,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
 		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
 		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns(), "node", gw.Node(), "cluster", bus != nil)
+	if cfg.demoPage != nil {
+		log.Info("demo: open the page in a browser (Ctrl-C stops it)", "url", "http://"+browsable(publicLn.Addr().String())+"/")
+	}
 	if cfg.controlToken == "" && !loopback(controlLn.Addr()) {
 		log.Warn("the control listener is not on a loopback address and has no -control-token: anyone who reaches it can push to, read and close every client",
 			"control", controlLn.Addr().String())

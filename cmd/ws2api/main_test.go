@@ -65,7 +65,11 @@ type proc struct {
 // and waits for it to report its listeners.
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
-	args = append([]string{"-log-format", "json", "-listen", "127.0.0.1:0", "-control", "127.0.0.1:0"}, args...)
+	var sub []string // a subcommand comes first
+	if len(args) > 0 && args[0] == "demo" {
+		sub, args = args[:1], args[1:]
+	}
+	args = append(append(sub[:len(sub):len(sub)], "-log-format", "json", "-listen", "127.0.0.1:0", "-control", "127.0.0.1:0"), args...)
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(os.Environ(), env...)
 	stderr, err := cmd.StderrPipe()

@@ -153,6 +153,10 @@ func (c *conn) readHead(data []byte) {
 		c.rejectLocked(&reject{status: 503, text: "shutting down"})
 		return
 	}
+	if page := s.page(c.in[:n]); page != nil {
+		c.rejectLocked(page) // answered, then closed
+		return
+	}
 	hs, rej := s.parseUpgrade(c.in[:n], c.connID, hostOf(c.remoteAddr))
 	if rej != nil {
 		c.rejectLocked(rej)

@@ -125,6 +125,11 @@ type Options struct {
 	// TLS, when set, makes Serve speak TLS (wss): see tls.go. Default
 	// plain TCP (ws), TLS being terminated in front.
 	TLS *tls.Config
+
+	// Page, when set, is an HTML page answered to a plain GET / (not an
+	// upgrade): `ws2api demo`'s page. Production gateways leave it nil,
+	// and a plain GET gets 400.
+	Page []byte
 }
 
 // Presence is told which ids this node holds: Connected when an id's

@@ -28,6 +28,24 @@ type reject struct {
 	text     string // one line for the client
 	header   string // extra header lines, each ending in \r\n
 	verbatim bool   // text is the API's own answer: sent as it is
+	html     bool   // text is Options.Page
+}
+
+// page answers a plain GET / with Options.Page, if there is one; nil for
+// every other request.
+func (s *Server) page(head []byte) *reject {
+	if s.opts.Page == nil {
+		return nil
+	}
+	h, err := http1.ParseRequestHead(head)
+	if err != nil || h.Method != http.MethodGet || h.Get("Upgrade") != "" {
+		return nil
+	}
+	if path, _, _ := strings.Cut(h.Target, "?"); path != "/" {
+		return nil
+	}
+	return &reject{status: http.StatusOK, text: string(s.opts.Page), verbatim: true, html: true,
+		header: "Cache-Control: no-store\r\n"}
 }
 
 func badRequest(text string) *reject { return &reject{status: http.StatusBadRequest, text: text} }
@@ -181,7 +199,11 @@ func appendReject(b []byte, r *reject) []byte {
 	b = strconv.AppendInt(b, int64(r.status), 10)
 	b = append(b, ' ')
 	b = append(b, http.StatusText(r.status)...)
-	b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+	if r.html {
+		b = append(b, "\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "...)
+	} else {
+		b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+	}
 	b = strconv.AppendInt(b, int64(len(text)), 10)
 	b = append(b, "\r\nConnection: close\r\n"...)
 	b = append(b, r.header...)
