@@ -95,4 +95,3 @@ func browsable(listen string) string {
 	}
 	return net.JoinHostPort(host, port)
 }
-
