@@ -143,6 +143,7 @@ to your API, and lets the API push to any client with one HTTP POST.
 
 Usage:
   ws2api [flags]            run the gateway
+  ws2api demo [flags]       try it: the gateway, an echo API and a page at http://127.0.0.1:7001/
   ws2api bench [flags]      run the load tool (ws2api bench -h)
   ws2api version            print the version
 
