@@ -73,7 +73,41 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 		l.engine.Stop()
 		return nil, err
 	}
+	// nbio's poller clears its shutdown flag as its goroutine starts: a
+	// Stop before that is lost, and the poller then spins on the stop
+	// event for ever. Return only once every poller has run a task.
+	if err := l.waitPollers(10 * time.Second); err != nil {
+		return nil, err
+	}
 	return l, nil
+}
+
+// started is a task that reports that its poller runs.
+type started chan struct{}
+
+func (s started) RunLater() { close(s) }
+
+// waitPollers waits until each poller has run a task from its trigger.
+func (l *Loop) waitPollers(timeout time.Duration) error {
+	seen := map[*trigger]bool{}
+	var waits []started
+	for _, t := range l.later {
+		if !seen[t] {
+			seen[t] = true
+			s := make(started)
+			t.add(s)
+			waits = append(waits, s)
+		}
+	}
+	deadline := time.After(timeout)
+	for _, s := range waits {
+		select {
+		case <-s:
+		case <-deadline:
+			return errors.New("event loop: the pollers did not start")
+		}
+	}
+	return nil
 }
 
 // OnAccept sets what gives an accepted connection its handler; call it
