@@ -7,11 +7,14 @@
 //	server.go    accept -> nbio's event loop (no goroutine per connection)
 //	tls.go       or, with Options.TLS, crypto/tls on two goroutines
 //	upgrade.go   request head -> GET <api><id> -> 101, or 400/403/502/504
+//	             (or, in demo mode only, Options.Page for a plain GET /)
 //	origins.go   the Origin allow-list, checked before the API is asked
 //	conn.go      bytes -> frames -> messages; close handshake
 //	forward.go   message -> per-connection queue -> POST -> reply frame;
 //	             close -> DELETE after the pending POSTs
-//	registry.go  id -> connection, for the control API
+//	registry.go  id -> connection, for the control API; as an id comes
+//	             and goes, conn.go tells Options.Presence (the cluster bus,
+//	             internal/cluster)
 //	hub.go       push, info, kick, broadcast (what the control API calls)
 //	keepalive.go pings for silent clients, closes for dead and idle ones;
 //	             the message rate limit
