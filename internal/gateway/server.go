@@ -5,7 +5,8 @@
 // A message's way through, file by file:
 //
 //	server.go    accept -> nbio's event loop (no goroutine per connection)
-//	tls.go       or, with Options.TLS, crypto/tls on two goroutines
+//	tls.go       or, with Options.TLS, crypto/tls on a reading goroutine
+//	             (and a writing one while there is data to send)
 //	upgrade.go   request head -> GET <api><id> -> 101, or 400/403/502/504
 //	             (or, in demo mode only, Options.Page for a plain GET /)
 //	origins.go   the Origin allow-list, checked before the API is asked
