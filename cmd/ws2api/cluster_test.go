@@ -171,6 +171,12 @@ func TestCluster(t *testing.T) {
 	})
 
 	t.Run("a broadcast reaches every client once", func(t *testing.T) {
+		// A person watching the broadcast channel with redis-cli is one
+		// more subscriber, and no node: it must not be waited for.
+		host, port, _ := net.SplitHostPort(redis.addr)
+		watcher := startLines(t, "redis-cli", tool(t, "redis-cli"), "--tls", "--cacert", certFile, "-h", host, "-p", port,
+			"--no-auth-warning", "-a", redisPassword, "SUBSCRIBE", "ws2api:all")
+		watcher.waitLine(t, "ws2api:all")
 		status, body := post(t, nodes[1].control+"/", "to everyone")
 		if status != 200 {
 			t.Fatalf("broadcast: %d %s", status, body)

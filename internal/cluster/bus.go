@@ -10,6 +10,7 @@
 //	node:<name> a channel per node: requests for its clients, answers to
 //	            its own requests (relay.go)
 //	all         a channel every node hears: broadcasts
+//	nodes       a sorted set of the live nodes, by their last heartbeat
 //
 // A node that cannot reach Redis keeps serving its own clients; what
 // needs another node answers ErrUnavailable (the control API's 503) until
@@ -23,6 +24,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -53,13 +55,17 @@ type Local interface {
 
 var _ Local = (*gateway.Server)(nil)
 
+// maxServing bounds the requests from other nodes served at once (each
+// holds its message until the answer is published).
+const maxServing = 4096
+
 // Errors of the bus.
 var (
 	// ErrUnavailable: Redis cannot be reached, so another node's clients
 	// cannot be either.
 	ErrUnavailable = errors.New("the cluster bus (Redis) is unavailable")
 	// ErrTimeout: the node holding the client did not answer in time.
-	ErrTimeout = errors.New("the node holding the client did not answer in time")
+	ErrTimeout = errors.New("another node did not answer in time")
 )
 
 // Options configures a [Bus]. URL and Local are required.
@@ -99,6 +105,8 @@ type Bus struct {
 	waiting  map[uint64]chan envelope // answers awaited, by request number
 	presence presenceQueue
 	resync   chan struct{} // one token: write every local id's presence again
+	beat     chan struct{} // one token: stamp this node in nodes now
+	serving  chan struct{} // a token per request from another node being served
 	warn     warnLimiter
 }
 
@@ -143,6 +151,8 @@ func New(opts Options) (*Bus, error) {
 		log:     opts.Logger,
 		waiting: map[uint64]chan envelope{},
 		resync:  make(chan struct{}, 1),
+		beat:    make(chan struct{}, 1),
+		serving: make(chan struct{}, maxServing),
 	}
 	b.m = opts.Metrics.Cluster(b.up.Load)
 	b.presence.wake = make(chan struct{}, 1)
@@ -182,6 +192,7 @@ func (b *Bus) client() rueidis.Client {
 func (b *Bus) nodeChannel(node string) string { return b.opts.Prefix + "node:" + node }
 func (b *Bus) allChannel() string             { return b.opts.Prefix + "all" }
 func (b *Bus) idKey(id string) string         { return b.opts.Prefix + "id:" + id }
+func (b *Bus) nodesKey() string               { return b.opts.Prefix + "nodes" }
 
 // connect makes the Redis client (retrying while Redis is away), then
 // keeps the subscription and the presence writer running until Close.
@@ -209,7 +220,42 @@ func (b *Bus) connect(ropts rueidis.ClientOption, ready chan struct{}) {
 	}
 	b.wg.Go(b.writePresence)
 	b.wg.Go(b.refreshPresence)
+	b.wg.Go(b.heartbeat)
 	b.subscribe()
+}
+
+// Liveness: every node stamps its name in the sorted set nodes every
+// heartbeatEvery. A broadcast waits for answers from the nodes that both
+// heard it and stamped within liveWindow: a subscriber that is no node (a
+// person's redis-cli SUBSCRIBE) or a node whose machine died (Redis keeps
+// its subscription until TCP keepalive gives up) is not waited for.
+const (
+	heartbeatEvery = 5 * time.Second
+	liveWindow     = 3 * heartbeatEvery
+)
+
+func (b *Bus) heartbeat() {
+	tick := time.NewTicker(heartbeatEvery)
+	defer tick.Stop()
+	for {
+		c := b.client()
+		ctx, cancel := context.WithTimeout(b.ctx, b.opts.Timeout)
+		now := time.Now().Unix()
+		c.DoMulti(ctx,
+			c.B().Zadd().Key(b.nodesKey()).ScoreMember().ScoreMember(float64(now), b.node).Build(),
+			c.B().Zremrangebyscore().Key(b.nodesKey()).Min("-inf").Max(strconv.FormatInt(now-60, 10)).Build())
+		cancel()
+		select {
+		case <-b.ctx.Done():
+			// Leaving: broadcasts stop waiting for this node at once.
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			c.Do(ctx, c.B().Zrem().Key(b.nodesKey()).Member(b.node).Build())
+			cancel()
+			return
+		case <-tick.C:
+		case <-b.beat:
+		}
+	}
 }
 
 // subscribe listens on the node's channel and the broadcast channel,
@@ -222,7 +268,12 @@ func (b *Bus) subscribe() {
 			if !b.up.Swap(true) {
 				b.log.Info("cluster bus up", "node", b.node)
 			}
+			b.wakeWriter() // the updates queued while it was down
 			b.requestResync()
+			select { // Redis may have come back empty
+			case b.beat <- struct{}{}:
+			default:
+			}
 		}
 	}
 	ctx := rueidis.WithOnSubscriptionHook(b.ctx, hook)
@@ -269,7 +320,16 @@ func (b *Bus) received(msg rueidis.PubSubMessage) {
 		if e.From == b.node {
 			return // our own broadcast: delivered locally already
 		}
-		go b.serve(e)
+		select {
+		case b.serving <- struct{}{}:
+			go func() {
+				defer func() { <-b.serving }()
+				b.serve(e)
+			}()
+		default:
+			// Its sender times out (504): better than memory without bound.
+			b.warn.log(b.log, "cluster bus: too many requests from other nodes at once; dropped one", "from", e.From, "max", cap(b.serving))
+		}
 	case kindReplaced:
 		b.opts.Local.CloseReplaced(e.ID)
 	}
@@ -329,7 +389,7 @@ func CheckURL(url string) error {
 func redactErr(err error, url string) string {
 	s := err.Error()
 	if i := strings.Index(url, "://"); i >= 0 {
-		if at := strings.LastIndex(url, "@"); at > i {
+		if at := strings.LastIndex(url, "@"); at > i+3 {
 			s = strings.ReplaceAll(s, url[i+3:at], "***")
 		}
 	}

@@ -67,3 +67,19 @@ func TestBusWithoutRedis(t *testing.T) {
 		t.Errorf("all of that took %v while Redis is away", took)
 	}
 }
+
+// A close and a reconnect of one id in the same batch leave it connected:
+// the batch writes connects and disconnects as two groups.
+func TestLastPerIDKeepsEachIDsLastUpdateInOrder(t *testing.T) {
+	ops := []presenceOp{{"a", true}, {"b", true}, {"a", false}, {"c", false}, {"a", true}, {"b", false}}
+	got := lastPerID(ops)
+	want := []presenceOp{{"c", false}, {"a", true}, {"b", false}}
+	if len(got) != len(want) {
+		t.Fatalf("got %v, want %v", got, want)
+	}
+	for i := range want {
+		if got[i] != want[i] {
+			t.Fatalf("got %v, want %v", got, want)
+		}
+	}
+}

@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"strconv"
 	"sync"
 	"time"
@@ -62,10 +63,7 @@ func (b *Bus) queue(op presenceOp) {
 	}
 	q.ops = append(q.ops, op)
 	q.mu.Unlock()
-	select {
-	case q.wake <- struct{}{}:
-	default:
-	}
+	b.wakeWriter()
 }
 
 func (b *Bus) requestResync() {
@@ -90,35 +88,67 @@ return 0`)
 // batch is the most updates written in one round trip.
 const batch = 512
 
-// writePresence writes queued updates until Close.
+// writePresence writes queued updates until Close. While the bus is down
+// they stay queued (up to maxQueued), and are written in order once it is
+// back: a connect made meanwhile then takes its record over from the node
+// that held the id before, as any connect does.
 func (b *Bus) writePresence() {
 	q := &b.presence
 	ttl := int64(b.opts.PresenceTTL / time.Second)
-	var ops []presenceOp
 	for {
 		select {
 		case <-b.ctx.Done():
 			return
 		case <-q.wake:
 		}
-		for {
+		for b.up.Load() {
 			q.mu.Lock()
-			n := min(len(q.ops), batch)
-			ops = append(ops[:0], q.ops[:n]...)
-			q.ops = q.ops[:copy(q.ops, q.ops[n:])]
-			q.writing = n > 0
+			ops := q.ops
+			q.ops = nil
+			q.writing = len(ops) > 0
 			q.mu.Unlock()
-			if n == 0 {
+			if len(ops) == 0 {
 				break
 			}
-			if !b.up.Load() {
-				// Written again, all of them, once the bus is back.
-				b.requestResync()
-				continue
+			ops = lastPerID(ops)
+			for len(ops) > 0 {
+				n := min(len(ops), batch)
+				b.writeOps(ops[:n], ttl)
+				ops = ops[n:]
 			}
-			b.writeOps(ops, ttl)
+		}
+		q.mu.Lock()
+		q.writing = false
+		q.mu.Unlock()
+	}
+}
+
+// wakeWriter has the presence writer look at its queue.
+func (b *Bus) wakeWriter() {
+	select {
+	case b.presence.wake <- struct{}{}:
+	default:
+	}
+}
+
+// lastPerID keeps each id's last update, in queue order: a batch writes
+// its connects and its disconnects as two groups, so an id must not be in
+// both.
+func lastPerID(ops []presenceOp) []presenceOp {
+	last := make(map[string]int, len(ops))
+	for i, op := range ops {
+		last[op.id] = i
+	}
+	if len(last) == len(ops) {
+		return ops
+	}
+	kept := ops[:0]
+	for i, op := range ops {
+		if last[op.id] == i {
+			kept = append(kept, op)
 		}
 	}
+	return kept
 }
 
 // writeOps writes one batch: a connect is SET ... GET, so that a previous
@@ -140,6 +170,7 @@ func (b *Bus) writeOps(ops []presenceOp, ttl int64) {
 		}
 	}
 	failed := false
+	var replaced rueidis.Commands
 	if len(sets) > 0 {
 		for i, r := range c.DoMulti(ctx, sets...) {
 			old, err := r.ToString()
@@ -149,10 +180,15 @@ func (b *Bus) writeOps(ops []presenceOp, ttl int64) {
 				failed = true
 			case old != b.node:
 				// Another node held it: tell it to let go.
-				e := envelope{Kind: kindReplaced, ID: setIDs[i], From: b.node}
-				if _, err := b.publish(ctx, b.nodeChannel(old), &e); err != nil {
-					failed = true
-				}
+				body, _ := json.Marshal(&envelope{Kind: kindReplaced, ID: setIDs[i], From: b.node})
+				replaced = append(replaced, c.B().Publish().Channel(b.nodeChannel(old)).Message(rueidis.BinaryString(body)).Build())
+			}
+		}
+	}
+	if len(replaced) > 0 {
+		for _, r := range c.DoMulti(ctx, replaced...) {
+			if r.Error() != nil {
+				failed = true
 			}
 		}
 	}

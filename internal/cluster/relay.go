@@ -2,7 +2,10 @@ package cluster
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
+	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -203,9 +206,9 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	case err != nil:
 		return envelope{}, ErrUnavailable
 	case node == b.node:
-		// Ours, yet not here: a record left from a connection that ended
-		// while Redis was away.
-		b.forget(ctx, id, node)
+		// Ours, yet not here: the id just left (its record goes with the
+		// next presence batch) or left while Redis was away (the record
+		// expires). Not deleted here: the id may be connecting again.
 		return envelope{}, gateway.ErrNotConnected
 	}
 	a, err := b.call(ctx, node, req)
@@ -294,10 +297,9 @@ func (b *Bus) serve(e envelope) {
 	defer cancel()
 	switch {
 	case errors.Is(err, gateway.ErrNotConnected):
+		// (A record naming this node for an id it does not hold is not
+		// deleted here, as in relayOnce.)
 		a.NotConnected = true
-		// A record naming this node for an id it does not hold is left
-		// from a disconnect written while Redis was away.
-		b.forget(ctx, e.ID, b.node)
 	case err != nil:
 		a.Err = err.Error()
 	}
@@ -316,7 +318,7 @@ func (b *Bus) Broadcast(group string, binary bool, data []byte) (delivered, node
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 	defer cancel()
 	e := envelope{Kind: kindBroadcast, From: b.node, Req: b.seq.Add(1), Group: group, Binary: binary, Data: data}
-	ch := make(chan envelope, 64)
+	ch := make(chan envelope, 1024) // answers may come before PUBLISH returns
 	b.mu.Lock()
 	b.waiting[e.Req] = ch
 	b.mu.Unlock()
@@ -325,11 +327,24 @@ func (b *Bus) Broadcast(group string, binary bool, data []byte) (delivered, node
 		delete(b.waiting, e.Req)
 		b.mu.Unlock()
 	}()
-	heard, err := b.publish(ctx, b.allChannel(), &e)
+	c := b.client()
+	body, err := json.Marshal(&e)
 	if err != nil {
 		return 0, 0, err
 	}
+	since := strconv.FormatInt(time.Now().Add(-liveWindow).Unix(), 10)
+	res := c.DoMulti(ctx,
+		c.B().Publish().Channel(b.allChannel()).Message(rueidis.BinaryString(body)).Build(),
+		c.B().Zcount().Key(b.nodesKey()).Min(since).Max("+inf").Build())
+	heard, err := res[0].AsInt64()
+	if err != nil {
+		return 0, 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
 	// Every node heard it, this one too; the others answer with a count.
+	// Subscribers that are not live nodes are not waited for.
+	if live, err := res[1].AsInt64(); err == nil && live > 0 && live < heard {
+		heard = live
+	}
 	for range heard - 1 {
 		select {
 		case a := <-ch:

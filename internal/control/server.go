@@ -128,6 +128,8 @@ type ctlConn struct {
 	out     []byte
 	done    bool // the last request said Connection: close, or was malformed
 	gone    atomic.Bool
+
+	lastSlow chan struct{} // closed when the latest slow request is done
 }
 
 // writer is where a connection's answers go: its *nbio.Conn.
@@ -275,13 +277,21 @@ func (c *ctlConn) fail(status int, msg string) {
 	c.answers = append(c.answers, &answer{ready: true, b: appendResult(nil, text(status, msg+"\n"), true), close: true})
 }
 
-// slow runs a request through the Handler on a goroutine.
+// slow runs a request through the Handler on a goroutine, after the
+// connection's previous slow request: two pushes to a client on another
+// node, sent one after the other, reach it in that order.
 func (c *ctlConn) slow(raw []byte, closeAfter bool) {
 	a := &answer{close: closeAfter}
 	c.answers = append(c.answers, a)
+	prev, done := c.lastSlow, make(chan struct{})
+	c.lastSlow = done
 	c.srv.wg.Add(1)
 	go func() {
 		defer c.srv.wg.Done()
+		defer close(done)
+		if prev != nil {
+			<-prev
+		}
 		var b []byte
 		req, err := http.ReadRequest(bufio.NewReader(bytes.NewReader(raw)))
 		if err != nil {
