@@ -22,6 +22,7 @@ import (
 	"strings"
 	"unicode/utf8"
 
+	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/ws"
@@ -331,6 +332,9 @@ func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 		if err != nil {
 			res = jsonResult(map[string]any{"delivered": len(ids) - len(missing), "not_connected": append([]string{}, missing...), "error": err.Error()})
 			res.status = http.StatusServiceUnavailable
+			if errors.Is(err, cluster.ErrTimeout) {
+				res.status = http.StatusGatewayTimeout
+			}
 		}
 		res.write(w)
 	default:
