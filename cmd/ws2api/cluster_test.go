@@ -277,6 +277,45 @@ func TestCluster(t *testing.T) {
 		c.expect(t, "relayed again")
 	})
 
+	t.Run("an id that connects to another node replaces its connection there", func(t *testing.T) {
+		var id string
+		var c *clusterClient
+		for cid, cc := range clients {
+			if byName[holder(cid)].alive() {
+				id, c = cid, cc
+				break
+			}
+		}
+		home := byName[holder(id)]
+		var other *proc
+		for _, n := range live {
+			if n != home {
+				other = n
+				break
+			}
+		}
+		c.mu.Lock()
+		gone := c.gone
+		c.mu.Unlock()
+		fresh := testkit.Dial(t, "ws://"+other.public+"/"+id, nil)
+		select {
+		case <-gone:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s's connection on node %s is still open after it connected to %s", id, home.node, other.node)
+		}
+		if h := holder(id); h != other.node {
+			t.Fatalf("%s is held by %s, want %s", id, h, other.node)
+		}
+		// A push through the old node reaches the new connection.
+		if status, body := post(t, home.control+"/"+id, "to the new connection"); status != 200 {
+			t.Fatalf("push: %d %s", status, body)
+		}
+		if _, got := testkit.Read(t, fresh, 5*time.Second); got != "to the new connection" {
+			t.Fatalf("the new connection received %q", got)
+		}
+		fresh.Close()
+	})
+
 	// The bus went down and came back: its errors were logged, and not
 	// one line holds Redis's password.
 	for _, n := range nodes {

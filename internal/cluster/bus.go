@@ -5,7 +5,8 @@
 //
 // What lives in Redis (every key under Options.Prefix, default "ws2api:"):
 //
-//	id:<id>     the name of the node holding <id>, with an expiry: a crashed
+//	id:<id>     the connection holding <id>, by its X-Ws2api-Connection-Id
+//	            (its node's name, "-", a number), with an expiry: a crashed
 //	            node's ids disappear by themselves (presence.go)
 //	node:<name> a channel per node: requests for its clients, answers to
 //	            its own requests (relay.go)
@@ -48,8 +49,8 @@ type Local interface {
 	SetMeta(id, name, value string, remove bool) error
 	Broadcast(binary bool, data []byte) int
 	BroadcastGroup(group string, binary bool, data []byte) (int, error)
-	CloseReplaced(id string)
-	IDs() []string
+	CloseReplaced(id, connID string)
+	Held() []gateway.Held
 	Node() string
 }
 
@@ -139,8 +140,9 @@ func New(opts Options) (*Bus, error) {
 	ropts.Dialer.Timeout = time.Second
 	ropts.ConnWriteTimeout = 3 * time.Second
 	ropts.DisableCache = true
-	// No retries inside rueidis: a relay fails fast (503) while Redis is
-	// away, and the subscription loop below notices and reconnects.
+	// No retries inside rueidis: with them, a subscription whose Redis
+	// went away never returns, and the bus would not know it is down.
+	// Lookups retry by themselves (doRead).
 	ropts.DisableRetry = true
 	ropts.ClientName = "ws2api-" + opts.Local.Node()
 	// New fails when Redis is away; the node must start anyway, so the
@@ -331,7 +333,7 @@ func (b *Bus) received(msg rueidis.PubSubMessage) {
 			b.warn.log(b.log, "cluster bus: too many requests from other nodes at once; dropped one", "from", e.From, "max", cap(b.serving))
 		}
 	case kindReplaced:
-		b.opts.Local.CloseReplaced(e.ID)
+		b.opts.Local.CloseReplaced(e.ID, e.Conn)
 	}
 }
 
@@ -350,6 +352,23 @@ func (b *Bus) publish(ctx context.Context, channel string, e *envelope) (int64, 
 		return 0, fmt.Errorf("%w: %v", ErrUnavailable, err)
 	}
 	return n, nil
+}
+
+// doRead runs a read-only command, again on a connection error: after
+// Redis restarts, the first command on each old connection fails (EOF)
+// while rueidis replaces it. Writes are not retried: one might have been
+// carried out.
+func (b *Bus) doRead(ctx context.Context, cmd func(c rueidis.Client) rueidis.Completed) rueidis.RedisResult {
+	c := b.client()
+	var r rueidis.RedisResult
+	for range 4 {
+		r = c.Do(ctx, cmd(c))
+		err := r.Error()
+		if _, redisErr := rueidis.IsRedisErr(err); err == nil || redisErr || rueidis.IsRedisNil(err) || ctx.Err() != nil {
+			return r
+		}
+	}
+	return r
 }
 
 // warnLimiter keeps a repeated warning to one line every ten seconds.

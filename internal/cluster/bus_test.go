@@ -61,8 +61,8 @@ func TestBusWithoutRedis(t *testing.T) {
 	if missing, err := b.PushMany([]string{"a", "b"}, false, []byte("m")); !errors.Is(err, ErrUnavailable) || len(missing) != 2 {
 		t.Errorf("PushMany: %v %v, want both missing and ErrUnavailable", missing, err)
 	}
-	b.Connected("a") // queued, not written: must not block
-	b.Disconnected("a")
+	b.Connected("a", "n1-1") // queued, not written: must not block
+	b.Disconnected("a", "n1-1")
 	if took := time.Since(start); took > 5*time.Second {
 		t.Errorf("all of that took %v while Redis is away", took)
 	}
@@ -71,9 +71,9 @@ func TestBusWithoutRedis(t *testing.T) {
 // A close and a reconnect of one id in the same batch leave it connected:
 // the batch writes connects and disconnects as two groups.
 func TestLastPerIDKeepsEachIDsLastUpdateInOrder(t *testing.T) {
-	ops := []presenceOp{{"a", true}, {"b", true}, {"a", false}, {"c", false}, {"a", true}, {"b", false}}
+	ops := []presenceOp{{"a", "n-1", true}, {"b", "n-2", true}, {"a", "n-1", false}, {"c", "n-3", false}, {"a", "n-4", true}, {"b", "n-2", false}}
 	got := lastPerID(ops)
-	want := []presenceOp{{"c", false}, {"a", true}, {"b", false}}
+	want := []presenceOp{{"c", "n-3", false}, {"a", "n-4", true}, {"b", "n-2", false}}
 	if len(got) != len(want) {
 		t.Fatalf("got %v, want %v", got, want)
 	}

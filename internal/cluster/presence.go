@@ -39,6 +39,7 @@ func (q *presenceQueue) pending() bool {
 
 type presenceOp struct {
 	id        string
+	conn      string // the connection's id, the record's value
 	connected bool
 }
 
@@ -46,11 +47,13 @@ type presenceOp struct {
 // they are dropped and every local id is written again once it is back.
 const maxQueued = 1 << 20
 
-// Connected records that id is connected here (gateway.Presence).
-func (b *Bus) Connected(id string) { b.queue(presenceOp{id, true}) }
+// Connected records that id is connected here, by connection connID
+// (gateway.Presence).
+func (b *Bus) Connected(id, connID string) { b.queue(presenceOp{id, connID, true}) }
 
-// Disconnected records that id left this node (gateway.Presence).
-func (b *Bus) Disconnected(id string) { b.queue(presenceOp{id, false}) }
+// Disconnected records that connection connID of id ended
+// (gateway.Presence).
+func (b *Bus) Disconnected(id, connID string) { b.queue(presenceOp{id, connID, false}) }
 
 func (b *Bus) queue(op presenceOp) {
 	q := &b.presence
@@ -75,10 +78,10 @@ func (b *Bus) requestResync() {
 
 // Scripts that touch an id's record only while it names this node.
 var (
-	// forgetScript deletes the record if it is this node's.
+	// forgetScript deletes the record if it still names the connection.
 	forgetScript = rueidis.NewLuaScript(`if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0`)
-	// refreshScript renews this node's record, or writes it if there is
-	// none (Redis lost it); another node's it leaves alone.
+	// refreshScript renews a connection's record, or writes it if there
+	// is none (Redis lost it); another connection's it leaves alone.
 	refreshScript = rueidis.NewLuaScript(`local v = redis.call('GET', KEYS[1])
 if v == ARGV[1] then return redis.call('EXPIRE', KEYS[1], ARGV[2]) end
 if not v then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) return 2 end
@@ -163,10 +166,10 @@ func (b *Bus) writeOps(ops []presenceOp, ttl int64) {
 	var forgets []rueidis.LuaExec
 	for _, op := range ops {
 		if op.connected {
-			sets = append(sets, c.B().Set().Key(b.idKey(op.id)).Value(b.node).Get().ExSeconds(ttl).Build())
+			sets = append(sets, c.B().Set().Key(b.idKey(op.id)).Value(op.conn).Get().ExSeconds(ttl).Build())
 			setIDs = append(setIDs, op.id)
 		} else {
-			forgets = append(forgets, rueidis.LuaExec{Keys: []string{b.idKey(op.id)}, Args: []string{b.node}})
+			forgets = append(forgets, rueidis.LuaExec{Keys: []string{b.idKey(op.id)}, Args: []string{op.conn}})
 		}
 	}
 	failed := false
@@ -178,10 +181,11 @@ func (b *Bus) writeOps(ops []presenceOp, ttl int64) {
 			case rueidis.IsRedisNil(err):
 			case err != nil:
 				failed = true
-			case old != b.node:
-				// Another node held it: tell it to let go.
-				body, _ := json.Marshal(&envelope{Kind: kindReplaced, ID: setIDs[i], From: b.node})
-				replaced = append(replaced, c.B().Publish().Channel(b.nodeChannel(old)).Message(rueidis.BinaryString(body)).Build())
+			case nodeOf(old) != b.node:
+				// Another node held it: tell it to let go of that
+				// connection (not of a newer one it may have since).
+				body, _ := json.Marshal(&envelope{Kind: kindReplaced, ID: setIDs[i], Conn: old, From: b.node})
+				replaced = append(replaced, c.B().Publish().Channel(b.nodeChannel(nodeOf(old))).Message(rueidis.BinaryString(body)).Build())
 			}
 		}
 	}
@@ -226,17 +230,17 @@ func (b *Bus) refreshPresence() {
 
 // refreshAll writes every local id's record; it reports success.
 func (b *Bus) refreshAll() bool {
-	ids := b.opts.Local.IDs()
+	held := b.opts.Local.Held()
 	c := b.client()
 	ttl := strconv.FormatInt(int64(b.opts.PresenceTTL/time.Second), 10)
 	execs := make([]rueidis.LuaExec, 0, batch)
-	for len(ids) > 0 {
-		n := min(len(ids), batch)
+	for len(held) > 0 {
+		n := min(len(held), batch)
 		execs = execs[:0]
-		for _, id := range ids[:n] {
-			execs = append(execs, rueidis.LuaExec{Keys: []string{b.idKey(id)}, Args: []string{b.node, ttl}})
+		for _, h := range held[:n] {
+			execs = append(execs, rueidis.LuaExec{Keys: []string{b.idKey(h.ID)}, Args: []string{h.ConnID, ttl}})
 		}
-		ids = ids[n:]
+		held = held[n:]
 		ctx, cancel := context.WithTimeout(b.ctx, b.opts.Timeout)
 		results := refreshScript.ExecMulti(ctx, c, execs...)
 		cancel()
@@ -251,7 +255,7 @@ func (b *Bus) refreshAll() bool {
 	return true
 }
 
-// forget deletes id's record if it names node.
-func (b *Bus) forget(ctx context.Context, id, node string) {
-	_ = forgetScript.Exec(ctx, b.client(), []string{b.idKey(id)}, []string{node}).Error()
+// forget deletes id's record if it still names connection connID.
+func (b *Bus) forget(ctx context.Context, id, connID string) {
+	_ = forgetScript.Exec(ctx, b.client(), []string{b.idKey(id)}, []string{connID}).Error()
 }

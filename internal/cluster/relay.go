@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/redis/rueidis"
@@ -68,7 +69,10 @@ type envelope struct {
 	Info         *gateway.Info `json:"info,omitempty"`
 	Count        int           `json:"count,omitempty"`
 	Missing      []string      `json:"missing,omitempty"`
-	Was          bool          `json:"was,omitempty"`
+
+	// Replaced notices: the connection of ID that another took over.
+	Conn string `json:"conn,omitempty"`
+	Was  bool   `json:"was,omitempty"`
 }
 
 // errRefused carries another node's refusal (a bad group or meta name)
@@ -126,19 +130,19 @@ func (b *Bus) PushMany(ids []string, binary bool, data []byte) (notConnected []s
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 	defer cancel()
-	c := b.client()
 	keys := make([]string, len(ids))
 	for i, id := range ids {
 		keys[i] = b.idKey(id)
 	}
-	holders, err := c.Do(ctx, c.B().Mget().Key(keys...).Build()).ToArray()
+	holders, err := b.doRead(ctx, func(c rueidis.Client) rueidis.Completed { return c.B().Mget().Key(keys...).Build() }).ToArray()
 	if err != nil {
 		b.m.Relays[metrics.RelayUnavailable].Inc()
 		return ids, ErrUnavailable
 	}
 	byNode := map[string][]string{}
 	for i, h := range holders {
-		node, err := h.ToString()
+		holder, err := h.ToString()
+		node := nodeOf(holder)
 		if err != nil || node == b.node {
 			notConnected = append(notConnected, ids[i])
 			continue
@@ -198,12 +202,13 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 	defer cancel()
-	c := b.client()
-	node, err := c.Do(ctx, c.B().Get().Key(b.idKey(id)).Build()).ToString()
+	holder, err := b.doRead(ctx, func(c rueidis.Client) rueidis.Completed { return c.B().Get().Key(b.idKey(id)).Build() }).ToString()
+	node := nodeOf(holder)
 	switch {
 	case rueidis.IsRedisNil(err):
 		return envelope{}, gateway.ErrNotConnected
 	case err != nil:
+		b.warn.log(b.log, "cluster bus: cannot look a client up in Redis", "error", err)
 		return envelope{}, ErrUnavailable
 	case node == b.node:
 		// Ours, yet not here: the id just left (its record goes with the
@@ -214,7 +219,7 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	a, err := b.call(ctx, node, req)
 	switch {
 	case errors.Is(err, errNobody):
-		b.forget(ctx, id, node)
+		b.forget(ctx, id, holder)
 		return envelope{}, gateway.ErrNotConnected
 	case err != nil:
 		return envelope{}, err
@@ -244,6 +249,7 @@ func (b *Bus) call(ctx context.Context, node string, req envelope) (envelope, er
 	n, err := b.publish(ctx, b.nodeChannel(node), &req)
 	switch {
 	case err != nil:
+		b.warn.log(b.log, "cluster bus: cannot publish a request", "error", err)
 		return envelope{}, err
 	case n == 0:
 		return envelope{}, errNobody
@@ -362,4 +368,12 @@ func errOr(err, otherwise error) error {
 		return err
 	}
 	return otherwise
+}
+
+// nodeOf returns the node of a connection id: what precedes its last "-".
+func nodeOf(connID string) string {
+	if i := strings.LastIndexByte(connID, '-'); i >= 0 {
+		return connID[:i]
+	}
+	return connID
 }

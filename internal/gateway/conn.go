@@ -225,7 +225,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.lastRead.Store(c.connectedAt.UnixNano())
 	old := s.reg.swap(c)
 	if s.opts.Presence != nil {
-		s.opts.Presence.Connected(c.id)
+		s.opts.Presence.Connected(c.id, c.connID)
 	}
 	for _, g := range groups {
 		c.joinLocked(g)
@@ -430,7 +430,7 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 		return // the API knows nothing of it, or hears of its end in authorized
 	}
 	if s.reg.remove(c) && s.opts.Presence != nil {
-		s.opts.Presence.Disconnected(c.id)
+		s.opts.Presence.Disconnected(c.id, c.connID)
 	}
 	c.leaveAllLocked()
 	s.m.ConnectionsClosed.Inc()

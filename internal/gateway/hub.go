@@ -141,12 +141,15 @@ func (s *Server) Kick(id string, code int, reason string) error {
 	return nil
 }
 
-// CloseReplaced closes the client holding id with 4000 "replaced", as when
-// another connection takes its id: another node holds it now. The API gets
-// no DELETE for it (it saw the new connection's GET).
-func (s *Server) CloseReplaced(id string) {
+// CloseReplaced closes connection connID of id with 4000 "replaced", as
+// when another connection takes its id: another node holds it now. A newer
+// connection of id on this node is left alone. The API gets no DELETE for
+// it (it saw the new connection's GET).
+func (s *Server) CloseReplaced(id, connID string) {
 	if c, err := s.open(id); err == nil {
-		c.closeLocked(closeReplaced)
+		if c.connID == connID {
+			c.closeLocked(closeReplaced)
+		}
 		c.mu.Unlock()
 	}
 }

@@ -74,13 +74,13 @@ func (r *registry) count() int {
 }
 
 // ids returns a snapshot of every connected id.
-func (r *registry) ids() []string {
-	out := make([]string, 0, r.count())
+func (r *registry) held() []Held {
+	out := make([]Held, 0, r.count())
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.RLock()
-		for id := range sh.m {
-			out = append(out, id)
+		for id, c := range sh.m {
+			out = append(out, Held{ID: id, ConnID: c.connID})
 		}
 		sh.mu.RUnlock()
 	}

@@ -136,13 +136,17 @@ type Options struct {
 	Page []byte
 }
 
-// Presence is told which ids this node holds: Connected when an id's
-// connection opens (also when it replaces another on this node),
-// Disconnected when the id has no connection here any more.
+// Presence is told which ids this node holds, and by which connection
+// (its X-Ws2api-Connection-Id): Connected when an id's connection opens
+// (also when it replaces another on this node), Disconnected when the id
+// has no connection here any more.
 type Presence interface {
-	Connected(id string)
-	Disconnected(id string)
+	Connected(id, connID string)
+	Disconnected(id, connID string)
 }
+
+// Held is one id connected to this node, and its connection's id.
+type Held struct{ ID, ConnID string }
 
 // DefaultForwardHeaders is the default of Options.ForwardHeaders.
 var DefaultForwardHeaders = []string{"Origin", "Cookie", "Authorization", "User-Agent", "Sec-WebSocket-Protocol"}
@@ -417,8 +421,9 @@ func (s *Server) Count() int { return s.reg.count() }
 // reports to (the cluster bus needs the server): call it before Serve.
 func (s *Server) SetPresence(p Presence) { s.opts.Presence = p }
 
-// IDs returns the ids connected to this node, in no order.
-func (s *Server) IDs() []string { return s.reg.ids() }
+// Held returns the ids connected to this node with their connections' ids,
+// in no order.
+func (s *Server) Held() []Held { return s.reg.held() }
 
 // Node returns this node's name: random, made at start, the prefix of its
 // connection ids.
