@@ -51,27 +51,52 @@ func TestExamplePHP(t *testing.T) {
 }
 
 // TestExampleOCPP: the charger simulator boots and sends heartbeats
-// through the gateway to the PHP API; the API pushes a Reset CALL, and the
-// charger's CALLRESULT reaches the API as an ordinary POST.
+// through the gateway to each example API (PHP and Go); the API pushes a
+// Reset CALL, and the charger's CALLRESULT reaches the API as an ordinary
+// POST.
 func TestExampleOCPP(t *testing.T) {
 	t.Parallel()
-	php := startPHP(t)
-	p := start(t, nil, "-api", "http://"+php.addr+"/")
-	charger := startLines(t, "charger", buildExample(t, "ocpp-charger"), "-url", "ws://"+p.public+"/", "-id", "CP1", "-heartbeat", "200ms")
+	charger := buildExample(t, "ocpp-charger")
+	for _, lang := range []string{"php", "go"} {
+		t.Run(lang, func(t *testing.T) {
+			t.Parallel()
+			var api *lines
+			var p *proc
+			var push func(msg string)
+			if lang == "php" {
+				api = startPHP(t)
+				p = start(t, nil, "-api", "http://"+api.addr+"/")
+				push = func(msg string) {
+					if out := runCmd(t, examplesDir("php"), tool(t, "php"), "push.php", "CP1", msg, p.control); out != "200 ok\n" {
+						t.Errorf("push.php printed %q", out)
+					}
+				}
+			} else {
+				addr, ctl := freeAddr(t), freeAddr(t)
+				api = startLines(t, "example API", buildExample(t, "go"), "-listen", addr, "-control", "http://"+ctl)
+				api.waitLine(t, "example API on "+addr)
+				p = start(t, nil, "-api", "http://"+addr+"/", "-control", ctl)
+				push = func(msg string) {
+					if status, body := post(t, p.control+"/CP1", msg); status != 200 {
+						t.Errorf("push: %d %s", status, body)
+					}
+				}
+			}
+			ch := startLines(t, "charger", charger, "-url", "ws://"+p.public+"/", "-id", "CP1", "-heartbeat", "200ms")
 
-	charger.waitLine(t, "connected to ws://"+p.public+"/CP1 with ocpp1.6")
-	charger.waitLine(t, "BootNotification: Accepted, heartbeat interval 300s")
-	charger.waitLine(t, "Heartbeat: central system time 20")
-	php.waitLine(t, "OCPP BootNotification from CP1")
-	php.waitLine(t, "OCPP Heartbeat from CP1")
+			ch.waitLine(t, "connected to ws://"+p.public+"/CP1 with ocpp1.6")
+			ch.waitLine(t, "BootNotification: Accepted, heartbeat interval 10s")
+			ch.waitLine(t, "Heartbeat: central system time 20")
+			api.waitLine(t, "OCPP BootNotification from CP1: answered with a CALLRESULT")
+			api.waitLine(t, "OCPP Heartbeat from CP1: answered with a CALLRESULT")
 
-	out := runCmd(t, examplesDir("php"), tool(t, "php"), "push.php", "CP1", `[2,"reset-1","Reset",{"type":"Soft"}]`, p.control)
-	if out != "200 ok\n" {
-		t.Errorf("push.php printed %q", out)
+			beats := ch.count("Heartbeat: central system time 20")
+			push(`[2,"reset-1","Reset",{"type":"Soft"}]`)
+			ch.waitLine(t, `Reset requested by the central system ([2,"reset-1","Reset",{"type":"Soft"}]): accepted`)
+			api.waitLine(t, `OCPP CALLRESULT reset-1 from CP1: {"status":"Accepted"}`)
+			ch.waitCount(t, "Heartbeat: central system time 20", beats+1) // and it carries on
+		})
 	}
-	charger.waitLine(t, `Reset requested by the central system ([2,"reset-1","Reset",{"type":"Soft"}]): accepted`)
-	php.waitLine(t, `OCPP CALLRESULT reset-1 from CP1: {"status":"Accepted"}`)
-	charger.waitLine(t, "Heartbeat: central system time 20") // and it carries on
 }
 
 // TestExampleGo: the net/http example accepts, refuses, answers and
@@ -204,21 +229,37 @@ func (l *lines) text() string {
 // waitLine waits up to 10 s for a line containing want.
 func (l *lines) waitLine(t *testing.T, want string) {
 	t.Helper()
+	l.waitCount(t, want, 1)
+}
+
+// count returns how many lines so far contain want.
+func (l *lines) count(want string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	n := 0
+	for _, line := range l.out {
+		if strings.Contains(line, want) {
+			n++
+		}
+	}
+	return n
+}
+
+// waitCount waits up to 10 s for n lines containing want.
+func (l *lines) waitCount(t *testing.T, want string, n int) {
+	t.Helper()
 	deadline := time.After(10 * time.Second)
 	for {
 		l.mu.Lock()
-		for _, line := range l.out {
-			if strings.Contains(line, want) {
-				l.mu.Unlock()
-				return
-			}
-		}
 		more := l.more
 		l.mu.Unlock()
+		if l.count(want) >= n {
+			return
+		}
 		select {
 		case <-more:
 		case <-deadline:
-			t.Fatalf("%s never printed %q; it printed:\n%s", l.name, want, l.text())
+			t.Fatalf("%s printed %q fewer than %d times; it printed:\n%s", l.name, want, n, l.text())
 		}
 	}
 }

@@ -70,18 +70,20 @@ function ocpp(string $id, array $msg): void
     switch ($type) {
         case 2: // CALL: [2, uid, action, payload]
             $action = $msg[2] ?? '';
-            say("OCPP $action from $id");
             $now = gmdate('Y-m-d\TH:i:s\Z');
             $payload = match ($action) {
-                'BootNotification' => ['status' => 'Accepted', 'currentTime' => $now, 'interval' => 300],
+                // A real central system would say 300 s; 10 s shows heartbeats soon.
+                'BootNotification' => ['status' => 'Accepted', 'currentTime' => $now, 'interval' => 10],
                 'Heartbeat' => ['currentTime' => $now],
                 'StatusNotification', 'MeterValues' => new stdClass(),
                 default => null,
             };
             if ($payload === null) {
+                say("OCPP $action from $id: answered NotImplemented");
                 echo json_encode([4, $uid, 'NotImplemented', "$action is not handled here", new stdClass()]);
                 return;
             }
+            say("OCPP $action from $id: answered with a CALLRESULT");
             echo json_encode([3, $uid, $payload]);
             return;
         case 3: // CALLRESULT: the charger's answer to a CALL we pushed
