@@ -56,14 +56,13 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 		c.closeLocked(closeBacklog)
 		c.dropData = true
 		return
-	case s.pending.bytes.Load()+n > s.opts.MaxPendingTotal:
+	case !s.pending.reserve(n, s.opts.MaxPendingTotal):
 		c.closeLocked(closeGatewayFull)
 		c.dropData = true
 		return
 	}
 	msg := message{op: op, buf: getBuf(payload)}
 	c.pendingBytes += n
-	s.pending.add(1, n)
 	if c.busy {
 		c.queue = append(c.queue, msg)
 		return

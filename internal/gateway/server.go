@@ -468,6 +468,20 @@ func (p *pendingGauge) add(msgs, bytes int64) {
 	p.m.PendingBytes.Set(float64(p.bytes.Add(bytes)))
 }
 
+// reserve adds one message of n bytes if the total stays within max, and
+// reports whether it did. One atomic add decides, so that connections on
+// different pollers cannot both pass a check and together exceed max.
+func (p *pendingGauge) reserve(n, max int64) bool {
+	total := p.bytes.Add(n)
+	if total > max {
+		p.bytes.Add(-n)
+		return false
+	}
+	p.m.PendingMessages.Set(float64(p.msgs.Add(1)))
+	p.m.PendingBytes.Set(float64(total))
+	return true
+}
+
 // rateLimiter keeps a repeated warning to one line a second, counting the
 // ones it held back.
 type rateLimiter struct {
