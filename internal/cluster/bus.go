@@ -144,6 +144,11 @@ func New(opts Options) (*Bus, error) {
 	// went away never returns, and the bus would not know it is down.
 	// Lookups retry by themselves (doRead).
 	ropts.DisableRetry = true
+	// One connection for commands and the subscription: when Redis comes
+	// back, the subscription's reconnect renews the connection the
+	// commands use too, rather than leaving a second, dead one for the
+	// next command to find.
+	ropts.PipelineMultiplex = -1
 	ropts.ClientName = "ws2api-" + opts.Local.Node()
 	// New fails when Redis is away; the node must start anyway, so the
 	// client is made lazily, by the connect loop.
