@@ -161,7 +161,26 @@ func TestCluster(t *testing.T) {
 		if after := relays(t, nodes, "delivered"); after-before != pushed {
 			t.Errorf("%d relays counted for %d pushes to other nodes", after-before, pushed)
 		}
-		// Info and kick are relayed too; an id connected nowhere is 404.
+		// A many-id push sent to one node reaches ids on every node, and
+		// names the one connected nowhere.
+		var ids []string
+		for id := range clients {
+			ids = append(ids, id)
+		}
+		status, body := post(t, nodes[0].control+"/?id="+strings.Join(ids, "&id=")+"&id=nobody-here", "to many")
+		var many struct {
+			Delivered    int      `json:"delivered"`
+			NotConnected []string `json:"not_connected"`
+		}
+		_ = json.Unmarshal([]byte(body), &many)
+		if status != 200 || many.Delivered != len(ids) || len(many.NotConnected) != 1 || many.NotConnected[0] != "nobody-here" {
+			t.Fatalf("many-id push: %d %s", status, body)
+		}
+		for _, c := range clients {
+			c.expect(t, "to many")
+		}
+		// Info is relayed too (holder asks every node); an id connected
+		// nowhere is 404.
 		if status, _ := get(t, nodes[0].control+"/nobody-here"); status != 404 {
 			t.Errorf("info for an id connected nowhere: %d", status)
 		}
@@ -313,7 +332,12 @@ func TestCluster(t *testing.T) {
 		if _, got := testkit.Read(t, fresh, 5*time.Second); got != "to the new connection" {
 			t.Fatalf("the new connection received %q", got)
 		}
-		fresh.Close()
+		// A kick sent to the old node closes the new connection, with
+		// the code and reason asked for.
+		if status, body := del(t, home.control+"/"+id+"?code=4001&reason=moved%20on"); status != 200 {
+			t.Fatalf("kick: %d %s", status, body)
+		}
+		testkit.ExpectClose(t, fresh, 4001, "moved on", 5*time.Second)
 	})
 
 	// The bus went down and came back: its errors were logged, and not
@@ -431,6 +455,18 @@ func (c *clusterClient) waitDropped(t *testing.T) {
 func post(t *testing.T, url, body string) (int, string) {
 	t.Helper()
 	resp, err := http.Post(url, "text/plain; charset=utf-8", strings.NewReader(body))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, _ := io.ReadAll(resp.Body)
+	return resp.StatusCode, string(b)
+}
+
+func del(t *testing.T, url string) (int, string) {
+	t.Helper()
+	req, _ := http.NewRequest(http.MethodDelete, url, nil)
+	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		t.Fatal(err)
 	}
