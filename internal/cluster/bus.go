@@ -35,6 +35,7 @@ import (
 
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/warnlog"
 )
 
 // Local is the node's own side, what the bus acts on for other nodes: a
@@ -108,7 +109,7 @@ type Bus struct {
 	resync   chan struct{} // one token: write every local id's presence again
 	beat     chan struct{} // one token: stamp this node in nodes now
 	serving  chan struct{} // a token per request from another node being served
-	warn     warnLimiter
+	warn     warnlog.Limiter
 }
 
 // New connects to Redis and subscribes to the node's channels. It returns
@@ -158,6 +159,7 @@ func New(opts Options) (*Bus, error) {
 		log:     opts.Logger,
 		waiting: map[uint64]chan envelope{},
 		resync:  make(chan struct{}, 1),
+		warn:    warnlog.Limiter{Every: 10 * time.Second},
 		beat:    make(chan struct{}, 1),
 		serving: make(chan struct{}, maxServing),
 	}
@@ -214,7 +216,7 @@ func (b *Bus) connect(ropts rueidis.ClientOption, ready chan struct{}) {
 		if backoff == 100*time.Millisecond {
 			close(ready) // start serving local clients meanwhile
 		}
-		b.warn.log(b.log, "cluster bus: cannot reach Redis; retrying", "error", err)
+		b.warn.Warn(b.log, "cluster bus: cannot reach Redis; retrying", "error", err)
 		select {
 		case <-b.ctx.Done():
 			return
@@ -309,7 +311,7 @@ func (b *Bus) subscribe() {
 func (b *Bus) received(msg rueidis.PubSubMessage) {
 	var e envelope
 	if err := json.Unmarshal([]byte(msg.Message), &e); err != nil {
-		b.warn.log(b.log, "cluster bus: unreadable message", "channel", msg.Channel, "error", err)
+		b.warn.Warn(b.log, "cluster bus: unreadable message", "channel", msg.Channel, "error", err)
 		return
 	}
 	switch e.Kind {
@@ -335,7 +337,7 @@ func (b *Bus) received(msg rueidis.PubSubMessage) {
 			}()
 		default:
 			// Its sender times out (504): better than memory without bound.
-			b.warn.log(b.log, "cluster bus: too many requests from other nodes at once; dropped one", "from", e.From, "max", cap(b.serving))
+			b.warn.Warn(b.log, "cluster bus: too many requests from other nodes at once; dropped one", "from", e.From, "max", cap(b.serving))
 		}
 	case kindReplaced:
 		b.opts.Local.CloseReplaced(e.ID, e.Conn)
@@ -374,31 +376,6 @@ func (b *Bus) doRead(ctx context.Context, cmd func(c rueidis.Client) rueidis.Com
 		}
 	}
 	return r
-}
-
-// warnLimiter keeps a repeated warning to one line every ten seconds.
-type warnLimiter struct {
-	mu   sync.Mutex
-	last map[string]time.Time
-	held map[string]int
-}
-
-func (w *warnLimiter) log(l *slog.Logger, msg string, args ...any) {
-	w.mu.Lock()
-	if w.last == nil {
-		w.last, w.held = map[string]time.Time{}, map[string]int{}
-	}
-	if time.Since(w.last[msg]) < 10*time.Second {
-		w.held[msg]++
-		w.mu.Unlock()
-		return
-	}
-	if n := w.held[msg]; n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	w.last[msg], w.held[msg] = time.Now(), 0
-	w.mu.Unlock()
-	l.Warn(msg, args...)
 }
 
 // CheckURL reports whether url is a Redis URL the bus can use.

@@ -247,7 +247,7 @@ func (b *Bus) refreshAll() bool {
 		for _, r := range results {
 			if r.Error() != nil {
 				b.m.PresenceErr.Inc()
-				b.warn.log(b.log, "cluster bus: cannot refresh presence", "error", r.Error())
+				b.warn.Warn(b.log, "cluster bus: cannot refresh presence", "error", r.Error())
 				return false
 			}
 		}

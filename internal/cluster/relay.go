@@ -208,7 +208,7 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	case rueidis.IsRedisNil(err):
 		return envelope{}, gateway.ErrNotConnected
 	case err != nil:
-		b.warn.log(b.log, "cluster bus: cannot look a client up in Redis", "error", err)
+		b.warn.Warn(b.log, "cluster bus: cannot look a client up in Redis", "error", err)
 		return envelope{}, ErrUnavailable
 	case node == b.node:
 		// Ours, yet not here: the id just left (its record goes with the
@@ -249,7 +249,7 @@ func (b *Bus) call(ctx context.Context, node string, req envelope) (envelope, er
 	n, err := b.publish(ctx, b.nodeChannel(node), &req)
 	switch {
 	case err != nil:
-		b.warn.log(b.log, "cluster bus: cannot publish a request", "error", err)
+		b.warn.Warn(b.log, "cluster bus: cannot publish a request", "error", err)
 		return envelope{}, err
 	case n == 0:
 		return envelope{}, errNobody
@@ -310,7 +310,7 @@ func (b *Bus) serve(e envelope) {
 		a.Err = err.Error()
 	}
 	if _, err := b.publish(ctx, b.nodeChannel(e.From), &a); err != nil {
-		b.warn.log(b.log, "cluster bus: cannot answer another node", "node", e.From, "error", err)
+		b.warn.Warn(b.log, "cluster bus: cannot answer another node", "node", e.From, "error", err)
 	}
 }
 

@@ -164,7 +164,7 @@ func (c *conn) readHead(data []byte) {
 	}
 	if s.admitted.Add(1) > int64(s.opts.MaxConns) {
 		s.admitted.Add(-1)
-		s.warn.log(s.log, "connection refused: -max-conns reached", "max_conns", s.opts.MaxConns)
+		s.warn.Warn(s.log, "connection refused: -max-conns reached", "max_conns", s.opts.MaxConns)
 		c.rejectLocked(&reject{status: 503, text: "too many connections", header: "Retry-After: 5\r\n"})
 		return
 	}

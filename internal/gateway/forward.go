@@ -134,7 +134,7 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 
 	if c.sending.buf == nil { // the DELETE
 		if outcome != upstream.Delivered && !errors.Is(err, upstream.ErrClosed) {
-			s.warn.log(s.log, "DELETE not delivered to the API", "id", c.id, "error", errOrStatus(resp, err))
+			s.warn.Warn(s.log, "DELETE not delivered to the API", "id", c.id, "error", errOrStatus(resp, err))
 		}
 		c.req = upstream.Request{}
 		c.busy = false
@@ -150,14 +150,14 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 		case len(resp.Body) > 0:
 			c.replyLocked(resp)
 		case resp.Truncated:
-			s.warn.log(s.log, "API reply too large to forward; dropped", "id", c.id)
+			s.warn.Warn(s.log, "API reply too large to forward; dropped", "id", c.id)
 		}
 	case upstream.Refused:
 		s.m.APIRefused.Inc()
 		s.log.Debug("API refused a message", "id", c.id, "status", resp.Status)
 	}
 	if gaveUp {
-		s.warn.log(s.log, "message not delivered to the API in time; closing its client", "id", c.id, "error", errOrStatus(resp, err))
+		s.warn.Warn(s.log, "message not delivered to the API in time; closing its client", "id", c.id, "error", errOrStatus(resp, err))
 		c.closeLocked(closeGaveUp)
 	}
 	n := int64(len(*msg.buf))

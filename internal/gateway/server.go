@@ -45,6 +45,7 @@ import (
 	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
+	"github.com/ws2api/ws2api/internal/warnlog"
 )
 
 // Options configures a [Server]. Every field but API has a default, noted
@@ -261,7 +262,7 @@ type Server struct {
 	ln     net.Listener
 	accept sync.WaitGroup
 	stop   sync.Once
-	warn   rateLimiter
+	warn   warnlog.Limiter
 }
 
 // New checks the options and starts the event loop; [Server.Serve] then
@@ -331,7 +332,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			}
 			// Out of file descriptors and the like: wait, do not spin.
 			backoff = min(max(2*backoff, 5*time.Millisecond), time.Second)
-			s.warn.log(s.log, "accept failed", "error", err, "retry_in", backoff)
+			s.warn.Warn(s.log, "accept failed", "error", err, "retry_in", backoff)
 			time.Sleep(backoff)
 			continue
 		}
@@ -341,7 +342,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		if err := s.loop.AddAccepted(c); err != nil {
-			s.warn.log(s.log, "cannot add connection to the event loop", "error", err)
+			s.warn.Warn(s.log, "cannot add connection to the event loop", "error", err)
 			c.Close()
 		}
 	}
@@ -480,34 +481,6 @@ func (p *pendingGauge) reserve(n, max int64) bool {
 	p.m.PendingMessages.Set(float64(p.msgs.Add(1)))
 	p.m.PendingBytes.Set(float64(total))
 	return true
-}
-
-// rateLimiter keeps a repeated warning to one line a second, counting the
-// ones it held back.
-type rateLimiter struct {
-	mu         sync.Mutex
-	last       map[string]time.Time
-	suppressed map[string]int
-}
-
-func (r *rateLimiter) log(l *slog.Logger, msg string, args ...any) {
-	r.mu.Lock()
-	if r.last == nil {
-		r.last, r.suppressed = map[string]time.Time{}, map[string]int{}
-	}
-	now := time.Now()
-	if now.Sub(r.last[msg]) < time.Second {
-		r.suppressed[msg]++
-		r.mu.Unlock()
-		return
-	}
-	n := r.suppressed[msg]
-	r.last[msg], r.suppressed[msg] = now, 0
-	r.mu.Unlock()
-	if n > 0 {
-		args = append(args, "suppressed", n)
-	}
-	l.Warn(msg, args...)
 }
 
 // MaxConns is the bound on connected clients in force (Options.MaxConns,
