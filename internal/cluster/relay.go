@@ -234,18 +234,27 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 // errNobody: a request no node heard.
 var errNobody = errors.New("no node is listening")
 
+// await numbers a new request and registers where its answers go (up to
+// n held at once); done unregisters it.
+func (b *Bus) await(n int) (req uint64, answers chan envelope, done func()) {
+	req, answers = b.seq.Add(1), make(chan envelope, n)
+	b.mu.Lock()
+	b.waiting[req] = answers
+	b.mu.Unlock()
+	return req, answers, func() {
+		b.mu.Lock()
+		delete(b.waiting, req)
+		b.mu.Unlock()
+	}
+}
+
 // call sends req to node and waits for its answer.
 func (b *Bus) call(ctx context.Context, node string, req envelope) (envelope, error) {
-	req.Kind, req.From, req.Req = kindRequest, b.node, b.seq.Add(1)
-	ch := make(chan envelope, 1)
-	b.mu.Lock()
-	b.waiting[req.Req] = ch
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		delete(b.waiting, req.Req)
-		b.mu.Unlock()
-	}()
+	req.Kind, req.From = kindRequest, b.node
+	var ch chan envelope
+	var done func()
+	req.Req, ch, done = b.await(1)
+	defer done()
 	n, err := b.publish(ctx, b.nodeChannel(node), &req)
 	switch {
 	case err != nil:
@@ -323,16 +332,9 @@ func (b *Bus) Broadcast(group string, binary bool, data []byte) (delivered, node
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 	defer cancel()
-	e := envelope{Kind: kindBroadcast, From: b.node, Req: b.seq.Add(1), Group: group, Binary: binary, Data: data}
-	ch := make(chan envelope, 1024) // answers may come before PUBLISH returns
-	b.mu.Lock()
-	b.waiting[e.Req] = ch
-	b.mu.Unlock()
-	defer func() {
-		b.mu.Lock()
-		delete(b.waiting, e.Req)
-		b.mu.Unlock()
-	}()
+	req, ch, done := b.await(1024) // answers may come before PUBLISH returns
+	defer done()
+	e := envelope{Kind: kindBroadcast, From: b.node, Req: req, Group: group, Binary: binary, Data: data}
 	c := b.client()
 	body, err := json.Marshal(&e)
 	if err != nil {

@@ -187,20 +187,29 @@ func (h *Handler) healthz() result {
 func (h *Handler) client(w http.ResponseWriter, r *http.Request) {
 	var body []byte
 	if r.Method == http.MethodPost {
-		var err error
-		body, err = io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
-		var tooBig *http.MaxBytesError
-		switch {
-		case errors.As(err, &tooBig):
-			h.tooLarge().write(w)
-			return
-		case err != nil:
-			text(http.StatusBadRequest, "reading the body: "+err.Error()).write(w)
+		var ok bool
+		if body, ok = h.readBody(w, r); !ok {
 			return
 		}
 	}
 	id := strings.TrimPrefix(r.URL.EscapedPath(), "/")
 	h.clientResult(h.hub, r.Method, id, r.URL.RawQuery, r.Header.Get("Content-Type"), body).write(w)
+}
+
+// readBody reads a message up to Options.MaxBodyBytes; past it, or if the
+// body cannot be read, it answers (413 or 400) and reports false.
+func (h *Handler) readBody(w http.ResponseWriter, r *http.Request) ([]byte, bool) {
+	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
+	var tooBig *http.MaxBytesError
+	switch {
+	case errors.As(err, &tooBig):
+		h.tooLarge().write(w)
+		return nil, false
+	case err != nil:
+		text(http.StatusBadRequest, "reading the body: "+err.Error()).write(w)
+		return nil, false
+	}
+	return body, true
 }
 
 func (h *Handler) tooLarge() result { return text(http.StatusRequestEntityTooLarge, h.tooLargeText()) }
@@ -289,14 +298,8 @@ func (h *Handler) kick(hub clientHub, id, rawQuery string) result {
 // broadcast serves POST /: to every client, to one group (?group=g), or to
 // the listed ids (?id=a&id=b).
 func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
-	body, err := io.ReadAll(http.MaxBytesReader(w, r.Body, h.opts.MaxBodyBytes))
-	var tooBig *http.MaxBytesError
-	switch {
-	case errors.As(err, &tooBig):
-		h.tooLarge().write(w)
-		return
-	case err != nil:
-		text(http.StatusBadRequest, "reading the body: "+err.Error()).write(w)
+	body, ok := h.readBody(w, r)
+	if !ok {
 		return
 	}
 	binary, bad := messageKind(r.Header.Get("Content-Type"), body)
