@@ -250,6 +250,17 @@ func TestCluster(t *testing.T) {
 		}
 	}
 
+	// liveOtherThan is a live node that is not n.
+	liveOtherThan := func(n *proc) *proc {
+		for _, o := range live {
+			if o != n {
+				return o
+			}
+		}
+		t.Fatal("no other live node")
+		return nil
+	}
+
 	t.Run("Redis goes away and comes back", func(t *testing.T) {
 		id, c := "", (*clusterClient)(nil)
 		for cid, cc := range clients {
@@ -257,12 +268,7 @@ func TestCluster(t *testing.T) {
 			break
 		}
 		home := byName[holder(id)]
-		var other *proc
-		for _, n := range live {
-			if n != home {
-				other = n
-			}
-		}
+		other := liveOtherThan(home)
 		redis.stop(t)
 		for _, n := range live {
 			waitBusUp(t, n, false)
@@ -306,13 +312,7 @@ func TestCluster(t *testing.T) {
 			}
 		}
 		home := byName[holder(id)]
-		var other *proc
-		for _, n := range live {
-			if n != home {
-				other = n
-				break
-			}
-		}
+		other := liveOtherThan(home)
 		c.mu.Lock()
 		gone := c.gone
 		c.mu.Unlock()
