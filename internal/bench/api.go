@@ -68,15 +68,7 @@ func StartEchoAPI(addr string, pollers int, opts ...EchoOptions) (*EchoAPI, erro
 		l.Stop()
 		return nil, err
 	}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = l.AddAccepted(c)
-		}
-	}()
+	l.AddAll(ln)
 	a.ln, a.Addr = ln, ln.Addr().String()
 	return a, nil
 }

@@ -38,17 +38,8 @@ func StartFloor(addr string, pollers int) (*FloorServer, error) {
 		l.Stop()
 		return nil, err
 	}
-	f := &FloorServer{loop: l, ln: ln}
-	go func() {
-		for {
-			c, err := ln.Accept()
-			if err != nil {
-				return
-			}
-			_ = l.AddAccepted(c)
-		}
-	}()
-	return f, nil
+	l.AddAll(ln)
+	return &FloorServer{loop: l, ln: ln}, nil
 }
 
 // Addr is the listening address.

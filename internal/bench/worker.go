@@ -382,6 +382,12 @@ func (w *worker) open(ctx context.Context, g int) {
 	if rest := head[end:]; len(rest) > 0 {
 		lc.onData(rest)
 	}
+	w.keep(lc)
+}
+
+// keep adds an upgraded connection to those that send, in a random slot
+// of the sending schedule.
+func (w *worker) keep(lc *loadConn) {
 	w.mu.Lock()
 	w.all = append(w.all, lc)
 	if w.slots != nil {
@@ -478,13 +484,7 @@ func (lc *loadConn) shaken(head []byte) bool {
 	w.connLat.Record(time.Since(lc.started))
 	w.connectOK.Add(1)
 	w.connected.Add(1)
-	w.mu.Lock()
-	w.all = append(w.all, lc)
-	if w.slots != nil {
-		k := rand.IntN(len(w.slots))
-		w.slots[k] = append(w.slots[k], lc)
-	}
-	w.mu.Unlock()
+	w.keep(lc)
 	lc.shakeEnd()
 	return true
 }

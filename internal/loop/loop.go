@@ -165,6 +165,20 @@ func Wrap(conn net.Conn) (*nbio.Conn, error) {
 	return nc, nil
 }
 
+// AddAll hands every connection ln accepts to the loop (see OnAccept),
+// on a goroutine of its own, until ln is closed.
+func (l *Loop) AddAll(ln net.Listener) {
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			_ = l.AddAccepted(c)
+		}
+	}()
+}
+
 // AddAccepted hands an accepted connection to the loop; accept gives it
 // its handler.
 func (l *Loop) AddAccepted(conn net.Conn) error {
