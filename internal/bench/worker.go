@@ -24,6 +24,7 @@ import (
 
 	"github.com/lesismal/nbio"
 
+	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/ws"
 )
 
@@ -62,9 +63,9 @@ type report struct {
 
 // worker opens and drives its share of the connections.
 type worker struct {
-	cfg    workerConfig
-	index  int
-	engine *nbio.Engine
+	cfg   workerConfig
+	index int
+	loop  *loop.Loop
 
 	connected, connectOK, connectFail atomic.Int64
 	sent, recv, pushes, closed, errs  atomic.Int64
@@ -108,24 +109,21 @@ type loadConn struct {
 
 func newWorker(cfg workerConfig, index int) (*worker, error) {
 	w := &worker{cfg: cfg, index: index}
-	w.engine = nbio.NewEngine(nbio.Config{Name: "bench", NPoller: 1})
-	w.engine.OnData(func(c *nbio.Conn, data []byte) {
-		if lc, ok := c.Session().(*loadConn); ok {
-			lc.onData(data)
-		}
-	})
-	w.engine.OnClose(func(c *nbio.Conn, err error) {
-		if lc, ok := c.Session().(*loadConn); ok {
-			lc.closed(err)
-		}
-	})
-	if err := w.engine.Start(); err != nil {
+	l, err := loop.New("bench", 1, 0)
+	if err != nil {
 		return nil, err
 	}
+	w.loop = l
 	return w, nil
 }
 
 func (w *worker) noteError(err error) { w.lastErr.Store(err.Error()) }
+
+// OnData implements loop.Handler.
+func (lc *loadConn) OnData(_ *nbio.Conn, data []byte) { lc.onData(data) }
+
+// OnClose implements loop.Handler.
+func (lc *loadConn) OnClose(_ *nbio.Conn, err error) { lc.closed(err) }
 
 // closed counts a connection's end.
 func (lc *loadConn) closed(err error) {
@@ -178,7 +176,7 @@ func (w *worker) snapshot(done bool) report {
 // run opens the connections at the ramp's pace, then sends on schedule
 // until sending ends; the connections stay open until ctx ends.
 func (w *worker) run(ctx, sending context.Context) {
-	defer w.engine.Stop()
+	defer w.loop.Stop()
 	cfg := w.cfg
 	if cfg.Interval > 0 {
 		w.slots = make([][]*loadConn, max(1, int(cfg.Interval/tick)))
@@ -363,15 +361,14 @@ func (w *worker) open(ctx context.Context, g int) {
 		w.connected.Add(1)
 		go lc.readLoop(conn)
 	} else {
-		nc, err := nbio.NBConn(conn)
+		nc, err := loop.Wrap(conn)
 		if err != nil {
 			fail(err)
 			return
 		}
 		lc.nc = nc
-		nc.SetSession(lc)
 		w.connected.Add(1)
-		if _, err := w.engine.AddConn(nc); err != nil {
+		if _, err := w.loop.Add(nc, lc); err != nil {
 			w.connected.Add(-1)
 			fail(err)
 			return
@@ -416,7 +413,7 @@ func (w *worker) openAsync(g int, done func()) {
 	// Not DialAsyncTimeout: it arms its timer after the socket is live, and
 	// on loopback the connect can finish first, leaving a timer that closes
 	// the connection later. The read deadline below bounds the handshake.
-	err = w.engine.DialAsync("tcp", host, func(c *nbio.Conn, err error) {
+	err = w.loop.DialAsync(host, func(c *nbio.Conn, err error) {
 		w.publish()
 		if err != nil {
 			lc.handshakeFailed(fmt.Errorf("connect %s: %w", id, err))

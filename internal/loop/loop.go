@@ -70,6 +70,9 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 		return nil, fmt.Errorf("event loop: %w", err)
 	}
 	if err := l.startTriggers(); err != nil {
+		// A poller not yet running would miss the Stop (see below): give
+		// them time to start.
+		time.Sleep(100 * time.Millisecond)
 		l.engine.Stop()
 		return nil, err
 	}
@@ -186,6 +189,12 @@ func (l *Loop) AddAccepted(conn net.Conn) error {
 	return err
 }
 
+// DialAsync connects to a TCP address from the loop; done runs once the
+// connection is up (give it its handler there, with SetSession) or failed.
+func (l *Loop) DialAsync(addr string, done func(*nbio.Conn, error)) error {
+	return l.engine.DialAsync("tcp", addr, done)
+}
+
 // Pollers is the number of poller goroutines.
 func (l *Loop) Pollers() int { return len(l.later) }
 
@@ -257,53 +266,80 @@ func (t *trigger) OnData(_ *nbio.Conn, _ []byte) {
 // OnClose implements Handler.
 func (t *trigger) OnClose(*nbio.Conn, error) {}
 
-// startTriggers gives every poller a trigger. nbio places a connection on
-// poller fd % pollers, so socketpairs are made until each poller has one,
-// within a few tries: a poller left without one borrows another's (its
-// tasks then run on that poller, which is correct, only less local).
+// startTriggers gives every poller a trigger of its own. nbio places a
+// connection on poller fd % pollers, and descriptors are handed out lowest
+// first, so a run of socketpairs can keep landing on the same poller: after
+// a miss, steer holds spare descriptors until the next one made should land
+// on a poller still without a trigger. Every poller must have one: New
+// waits on them to know each poller runs.
 func (l *Loop) startTriggers() error {
 	n := l.engine.NPoller
 	l.later = make([]*trigger, n)
-	var extra []*nbio.Conn
+	var missed []*nbio.Conn
+	var held []int // descriptors kept taken until every poller has its trigger
 	defer func() {
-		for _, c := range extra {
+		for _, c := range missed {
 			c.Close()
 		}
+		for _, fd := range held {
+			syscall.Close(fd)
+		}
 	}()
-	found := 0
-	for tries := 0; found < n && tries < 4*n; tries++ {
+	found, offset, spare := 0, 1, -1
+	for tries := 0; found < n && tries < 8*n; tries++ {
+		lowest := -1
+		if spare >= 0 {
+			lowest = steer(spare, l.missing(), offset, n, &held)
+		}
 		t, nc, err := l.newTrigger()
 		if err != nil {
-			if found == 0 {
-				return err
-			}
-			break
+			return err
 		}
-		p := nc.Hash() % n
-		if l.later[p] != nil {
-			extra = append(extra, nc) // keeps its descriptor taken: the next one differs
-			syscall.Close(t.w)
+		if lowest >= 0 {
+			offset = nc.Hash() - lowest // learn how far past the lowest free descriptor a trigger lands
+		}
+		if p := nc.Hash() % n; l.later[p] == nil {
+			l.later[p] = t
+			found++
 			continue
 		}
-		l.later[p] = t
-		found++
+		// Both ends stay open: closing the writing end would let the poller
+		// close the reading end and free its descriptor for the next try.
+		missed = append(missed, nc)
+		held = append(held, t.w)
+		spare = t.w
 	}
-	if found == 0 {
-		return errors.New("event loop: no trigger")
-	}
-	var some *trigger
-	for _, t := range l.later {
-		if t != nil {
-			some = t
-			break
-		}
-	}
-	for i := range l.later {
-		if l.later[i] == nil {
-			l.later[i] = some
-		}
+	if found < n {
+		return fmt.Errorf("event loop: only %d of %d pollers got a trigger", found, n)
 	}
 	return nil
+}
+
+// missing returns the first poller without a trigger.
+func (l *Loop) missing() int {
+	for p, t := range l.later {
+		if t == nil {
+			return p
+		}
+	}
+	return 0
+}
+
+// steer takes descriptors (duplicates of fd) until the lowest free one, d,
+// satisfies (d+offset) % n == want, and returns d (-1 if it gave up).
+func steer(fd, want, offset, n int, held *[]int) int {
+	for range n {
+		d, err := syscall.Dup(fd)
+		if err != nil {
+			return -1
+		}
+		if (d+offset)%n == want {
+			syscall.Close(d)
+			return d
+		}
+		*held = append(*held, d)
+	}
+	return -1
 }
 
 func (l *Loop) newTrigger() (*trigger, *nbio.Conn, error) {
