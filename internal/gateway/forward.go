@@ -117,7 +117,7 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 	if outcome == upstream.Failed && !errors.Is(err, upstream.ErrClosed) {
 		c.attempt++
 		if wait, ok := s.opts.Retry.Next(c.attempt, c.firstTry, time.Now()); ok {
-			s.m.APIRetries.Inc()
+			s.m.Resent(c.req.Method, upstream.Cause(resp, err))
 			if c.retry == nil {
 				c.retry = time.AfterFunc(wait, c.retryNow)
 			} else {

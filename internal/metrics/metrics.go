@@ -14,6 +14,8 @@ import (
 	"time"
 
 	vm "github.com/VictoriaMetrics/metrics"
+
+	"github.com/ws2api/ws2api/internal/upstream"
 )
 
 // Close causes, the label values of ws2api_closes_total.
@@ -68,7 +70,7 @@ type Metrics struct {
 	MessagesOut     map[string]*vm.Counter // by source
 	BytesOut        *vm.Counter
 	APIRefused      *vm.Counter
-	APIRetries      *vm.Counter
+	APIRetries      map[string]*vm.Counter // by cause (upstream.Causes)
 	PendingMessages *vm.Gauge
 	PendingBytes    *vm.Gauge
 	Pushes          *vm.Counter
@@ -102,7 +104,11 @@ func New() *Metrics {
 	}
 	m.BytesOut = m.counter("ws2api_message_bytes_out_total", "Payload bytes of messages written to clients.")
 	m.APIRefused = m.counter("ws2api_api_refused_total", "Client messages the API answered with 4xx (not retried).")
-	m.APIRetries = m.counter("ws2api_api_retries_total", "Requests to the API sent again after a failure.")
+	m.declare("ws2api_api_retries_total", "counter", "Requests to the API sent again, by the cause of the failure before (unreachable: never sent; status: a 5xx; timeout, lost, malformed: may have been processed).")
+	m.APIRetries = map[string]*vm.Counter{}
+	for _, c := range upstream.Causes {
+		m.APIRetries[c] = m.set.NewCounter(fmt.Sprintf(`ws2api_api_retries_total{cause=%q}`, c))
+	}
 	m.PendingMessages = m.gauge("ws2api_pending_messages", "Client messages waiting to be delivered to the API.")
 	m.PendingBytes = m.gauge("ws2api_pending_bytes", "Payload bytes of client messages waiting to be delivered to the API.")
 	m.Pushes = m.counter("ws2api_pushes_total", "Messages pushed to one client through the control API.")
@@ -132,6 +138,13 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 
 // Started counts a request sent to the API (upstream.Observer).
 func (m *Metrics) Started(string) { m.RequestsStarted.Inc() }
+
+// Resent counts a request sent to the API again (upstream.Observer).
+func (m *Metrics) Resent(_, cause string) {
+	if c := m.APIRetries[cause]; c != nil {
+		c.Inc()
+	}
+}
 
 // Finished records a request to the API that ended (upstream.Observer).
 func (m *Metrics) Finished(method string, d time.Duration, delivered bool) {

@@ -83,6 +83,51 @@ type Client interface {
 type Observer interface {
 	Started(method string)
 	Finished(method string, d time.Duration, delivered bool)
+	// Resent is told of each request sent again, with the cause of the
+	// failure before it (see [Cause]).
+	Resent(method, cause string)
+}
+
+// HeaderIdempotencyKey names the key every POST and DELETE carries: unique
+// to one message (or one close) and the same on each re-send of it, so
+// that an API can drop a duplicate (the IETF's Idempotency-Key header).
+const HeaderIdempotencyKey = "Idempotency-Key"
+
+// The causes of a re-send, the label values of ws2api_api_retries_total.
+const (
+	// CauseUnreachable: no connection to the API could be opened, so the
+	// request was never sent. Never a duplicate.
+	CauseUnreachable = "unreachable"
+	// CauseStatus: the API answered 5xx (or another status that is not
+	// 2xx or 4xx). The API decided; a 503 usually means not processed.
+	CauseStatus = "status"
+	// CauseTimeout: no whole answer in time. May have been processed.
+	CauseTimeout = "timeout"
+	// CauseLost: the connection closed or reset after the request was
+	// sent and before a whole answer. May have been processed.
+	CauseLost = "lost"
+	// CauseMalformed: an answer that could not be read as HTTP/1.1 (a
+	// garbage status line, bad chunking, a lying Content-Length). May have
+	// been processed.
+	CauseMalformed = "malformed"
+)
+
+// Causes lists every cause, for metrics.
+var Causes = []string{CauseUnreachable, CauseStatus, CauseTimeout, CauseLost, CauseMalformed}
+
+// Cause says why a request [Failed], as one of the Cause constants.
+func Cause(resp *Response, err error) string {
+	switch {
+	case err == nil:
+		return CauseStatus
+	case errors.Is(err, ErrUnreachable):
+		return CauseUnreachable
+	case IsTimeout(err):
+		return CauseTimeout
+	case errors.Is(err, http1.ErrMalformed):
+		return CauseMalformed
+	}
+	return CauseLost
 }
 
 // Outcome is what a request's result means for the message it carried.
