@@ -13,6 +13,7 @@ package loop
 import (
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"os"
 	"runtime"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
+	"golang.org/x/sys/unix"
 )
 
 // Handler receives one connection's events, on its poller goroutine. It
@@ -39,6 +41,7 @@ type Task interface {
 type Loop struct {
 	engine *nbio.Engine
 	later  []*trigger // by poller
+	bufs   [][]byte   // read buffers, by poller
 
 	mu     sync.Mutex
 	accept func(*nbio.Conn) Handler
@@ -56,11 +59,11 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 	l := &Loop{}
 	l.engine = nbio.NewEngine(nbio.Config{Name: name, NPoller: pollers, MaxWriteBufferSize: maxWriteBuffer})
 	l.engine.OnOpen(l.onOpen)
-	l.engine.OnData(func(c *nbio.Conn, data []byte) {
-		if h, ok := c.Session().(Handler); ok {
-			h.OnData(c, data)
-		}
-	})
+	l.bufs = make([][]byte, pollers)
+	for i := range l.bufs {
+		l.bufs[i] = make([]byte, readBufferSize)
+	}
+	l.engine.OnRead(l.onRead)
 	l.engine.OnClose(func(c *nbio.Conn, err error) {
 		if h, ok := c.Session().(Handler); ok {
 			h.OnClose(c, err)
@@ -111,6 +114,55 @@ func (l *Loop) waitPollers(timeout time.Duration) error {
 		}
 	}
 	return nil
+}
+
+// readBufferSize is what one read takes at most (nbio's default).
+const readBufferSize = 64 << 10
+
+// readsPerTurn bounds the reads one socket gets in a poller's turn while
+// its peer keeps sending, so that one busy socket cannot starve the others
+// (the poller comes back to it next turn).
+const readsPerTurn = 3
+
+// onRead reads a socket that is ready (nbio calls it instead of its own
+// read loop, on the socket's poller). nbio's loop reads at most three
+// buffers and then, if the event also reports a hangup, closes the socket
+// with whatever the kernel still holds unread: a client's last large
+// message before its FIN, or the end of an API's close-delimited answer,
+// would be lost. Here a socket whose peer has hung up is read to its end
+// first; nbio's close that follows then loses nothing.
+func (l *Loop) onRead(c *nbio.Conn) {
+	buf := l.bufs[l.PollerOf(c)]
+	h, _ := c.Session().(Handler)
+	for i := 1; ; i++ {
+		_, n, err := c.ReadAndGetConn(&buf)
+		if n > 0 && h != nil {
+			h.OnData(c, buf[:n])
+		}
+		switch {
+		case errors.Is(err, syscall.EINTR):
+			continue
+		case errors.Is(err, syscall.EAGAIN):
+			return
+		case err != nil:
+			_ = c.CloseWithError(err)
+			return
+		case n == 0: // the peer's FIN, after every byte it sent
+			_ = c.CloseWithError(io.EOF)
+			return
+		case n < len(buf):
+			return // drained (a hangup, if any, came after these bytes)
+		case i >= readsPerTurn && !hungUp(c.Hash()):
+			return
+		}
+	}
+}
+
+// hungUp reports whether the peer of socket fd has shut down its side.
+func hungUp(fd int) bool {
+	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}
+	n, err := unix.Poll(fds, 0)
+	return err == nil && n > 0 && fds[0].Revents&(unix.POLLRDHUP|unix.POLLHUP|unix.POLLERR) != 0
 }
 
 // OnAccept sets what gives an accepted connection its handler; call it

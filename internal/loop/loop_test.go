@@ -1,6 +1,16 @@
 package loop
 
-import "testing"
+import (
+	"bytes"
+	"net"
+	"os"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/lesismal/nbio"
+)
 
 // A loop stopped as soon as it is made stops: nbio loses a Stop that comes
 // before its poller goroutines run, and such a poller spins for ever (New
@@ -36,5 +46,80 @@ func TestEveryPollerHasItsTrigger(t *testing.T) {
 			}
 			l.Stop()
 		}
+	}
+}
+
+// recorder is a Handler that keeps what arrived and reports the close.
+type recorder struct {
+	mu     sync.Mutex
+	got    []byte
+	closed chan error
+}
+
+func (r *recorder) OnData(_ *nbio.Conn, data []byte) {
+	r.mu.Lock()
+	r.got = append(r.got, data...)
+	r.mu.Unlock()
+}
+
+func (r *recorder) OnClose(_ *nbio.Conn, err error) { r.closed <- err }
+
+// A peer that sends more than three read buffers and hangs up loses
+// nothing: nbio's own read loop stopped after three buffers and, seeing the
+// hangup in the same event, closed the socket with the rest unread (a
+// client's last large message before its FIN, the end of an API's
+// close-delimited answer). The bytes and the hangup are both waiting before
+// the socket joins the loop, so the first event carries them together.
+func TestEveryByteBeforeAHangupIsDelivered(t *testing.T) {
+	l, err := New("t", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	peer := fds[0]
+	_ = syscall.SetsockoptInt(peer, syscall.SOL_SOCKET, syscall.SO_SNDBUF, 4<<20)
+	var sent []byte
+	chunk := make([]byte, 16<<10)
+	for i := 0; ; i++ {
+		for j := range chunk {
+			chunk[j] = byte(i + j)
+		}
+		n, err := syscall.Write(peer, chunk)
+		if n > 0 {
+			sent = append(sent, chunk[:n]...)
+		}
+		if err != nil {
+			break // EAGAIN: the socket holds all it can
+		}
+	}
+	if len(sent) <= readsPerTurn*readBufferSize {
+		t.Fatalf("the socket took only %d bytes; the test needs more than %d", len(sent), readsPerTurn*readBufferSize)
+	}
+	_ = syscall.Shutdown(peer, syscall.SHUT_WR)
+	defer syscall.Close(peer)
+
+	f := os.NewFile(uintptr(fds[1]), "reader")
+	conn, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{closed: make(chan error, 1)}
+	if _, err := l.Add(conn, r); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case <-r.closed:
+	case <-time.After(10 * time.Second):
+		t.Fatal("no close")
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if !bytes.Equal(r.got, sent) {
+		t.Fatalf("delivered %d of the %d bytes sent before the hangup", len(r.got), len(sent))
 	}
 }
