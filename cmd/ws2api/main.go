@@ -114,11 +114,10 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	var gwReady atomic.Pointer[gateway.Server] // for OnRecover, which may run before gw exists
 	var backendGauges sync.Map                 // base URL -> func() removing its gauge
 	pool, err := upstream.NewPool(bases, upstream.PoolOptions{
-		Pipeline: upstream.PipelineOptions{
+		Host: upstream.HostOptions{
 			Loop:         lp,
 			MaxConns:     cfg.maxConnsPerHost,
 			MaxIdle:      cfg.maxIdleConnsPerHost,
-			Depth:        cfg.pipeline,
 			Timeout:      cfg.timeout,
 			MaxBodyBytes: max(int64(cfg.maxMessage), 16<<20),
 			Observer:     m,

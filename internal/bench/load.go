@@ -578,9 +578,9 @@ type pushCounter struct {
 }
 
 func (p *pushCounter) run(ctx context.Context, o Options, conns func() int) {
-	// Pushes go the way an efficient API sends them: a few keep-alive
-	// connections, several requests in flight on each.
-	client, err := upstream.NewPipeline(upstream.PipelineOptions{BaseURL: o.Control + "/", MaxConns: 4, Depth: 64, Timeout: 10 * time.Second})
+	// Pushes go the way an efficient API sends them: keep-alive
+	// connections, one request in flight on each.
+	client, err := upstream.NewHostClient(upstream.HostOptions{BaseURL: o.Control + "/", MaxConns: 64, Timeout: 10 * time.Second})
 	if err != nil {
 		p.failed.Add(1)
 		return

@@ -31,12 +31,15 @@ type harness struct {
 
 type harnessOpts struct {
 	gw   gateway.Options
-	http upstream.PipelineOptions
+	http upstream.HostOptions
 }
 
 func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	t.Helper()
-	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	log := o.gw.Logger
+	if log == nil {
+		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
+	}
 	m := metrics.New()
 	lp, err := loop.New("test", 2, 1<<20)
 	if err != nil {
@@ -45,7 +48,7 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 	o.http.BaseURL = api.URL()
 	o.http.Observer = m
 	o.http.Loop = lp
-	client, err := upstream.NewPipeline(o.http)
+	client, err := upstream.NewHostClient(o.http)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -15,8 +15,8 @@ import (
 	"github.com/ws2api/ws2api/internal/upstream"
 )
 
-func upstream0(timeout time.Duration) upstream.PipelineOptions {
-	return upstream.PipelineOptions{Timeout: timeout}
+func upstream0(timeout time.Duration) upstream.HostOptions {
+	return upstream.HostOptions{Timeout: timeout}
 }
 
 func TestTextAndBinaryMessagesAndReplies(t *testing.T) {
@@ -202,7 +202,7 @@ func TestConnectionsAreServedConcurrently(t *testing.T) {
 func TestBurstIsQueuedNotDropped(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)
-	h := newHarness(t, api, harnessOpts{http: upstream.PipelineOptions{MaxConns: 4, Depth: 1}})
+	h := newHarness(t, api, harnessOpts{http: upstream.HostOptions{MaxConns: 4}})
 	var open, peak atomic.Int32
 	api.Handle(func(c testkit.Call) testkit.Answer {
 		if c.Method != "POST" {

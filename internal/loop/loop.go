@@ -132,7 +132,7 @@ const readsPerTurn = 3
 // would be lost. Here a socket whose peer has hung up is read to its end
 // first; nbio's close that follows then loses nothing.
 func (l *Loop) onRead(c *nbio.Conn) {
-	buf := l.bufs[l.PollerOf(c)]
+	buf := l.bufs[c.Hash()%len(l.bufs)] // nbio places a socket on poller fd % pollers
 	h, _ := c.Session().(Handler)
 	for i := 1; ; i++ {
 		_, n, err := c.ReadAndGetConn(&buf)

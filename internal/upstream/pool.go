@@ -17,9 +17,9 @@ import (
 // PoolOptions configures a [Pool]. The zero value of every field picks the
 // default written beside it.
 type PoolOptions struct {
-	// Pipeline is the template for every backend's client; its BaseURL is
-	// the backend's.
-	Pipeline PipelineOptions
+	// Host is the template for every backend's client; its BaseURL is the
+	// backend's.
+	Host HostOptions
 	// FailAfter is the number of failures in a row that take a backend
 	// out. Default 3.
 	FailAfter int
@@ -78,11 +78,11 @@ type Pool struct {
 	wg      sync.WaitGroup
 }
 
-// backend is one API base URL and its pipelined client.
+// backend is one API base URL and its client.
 type backend struct {
 	base    string
 	addr    string // host:port, for the TCP probe
-	client  *Pipeline
+	client  *HostClient
 	healthy atomic.Bool
 	fails   atomic.Int32
 }
@@ -199,10 +199,10 @@ func (pl *Pool) newBackend(u *url.URL) (*backend, error) {
 		b.addr = net.JoinHostPort(u.Hostname(), port)
 	}
 	b.healthy.Store(true)
-	opts := pl.opts.Pipeline
+	opts := pl.opts.Host
 	opts.BaseURL = b.base
 	opts.outcome = func(o Outcome) { pl.outcome(b, o) }
-	c, err := NewPipeline(opts)
+	c, err := NewHostClient(opts)
 	if err != nil {
 		return nil, err
 	}
@@ -222,6 +222,9 @@ func (pl *Pool) outcome(b *backend, o Outcome) {
 		if int(b.fails.Add(1)) >= pl.opts.FailAfter && b.healthy.Swap(false) {
 			pl.event(b.base, BackendDown)
 			pl.checkAllDown()
+			// What waits for one of its connections goes elsewhere now
+			// (Do sends an unsent request on to the next backend).
+			go b.client.failWaiting(fmt.Errorf("%w: %s is out", ErrUnreachable, b.base))
 		}
 		return
 	}
@@ -248,9 +251,10 @@ func (pl *Pool) checkAllDown() {
 }
 
 // Do implements [Client]: the request goes to the next healthy backend, or
-// the next one if none is. A GET that could not reach its backend goes on
-// to the others at once: a client is waiting for its upgrade, and a backend
-// that just died is not yet known to be out.
+// the next one if none is. A request that never left (ErrUnreachable: no
+// connection could be opened, or its backend went out while it waited)
+// goes on to the other backends at once: a backend that just died is not
+// yet known to be out, and nothing of it reached the API.
 func (pl *Pool) Do(r *Request, done func(*Response, error)) {
 	list := *pl.serving.Load()
 	if len(list) == 0 {
@@ -258,7 +262,7 @@ func (pl *Pool) Do(r *Request, done func(*Response, error)) {
 		return
 	}
 	b := pl.pick(list, nil)
-	if r.Method != "GET" || len(list) == 1 {
+	if len(list) == 1 {
 		b.client.Do(r, done)
 		return
 	}

@@ -8,132 +8,177 @@ import (
 )
 
 // errAnnounced ends a connection after an answer that said
-// Connection: close: the requests behind it were not processed.
+// Connection: close (or came from an HTTP/1.0 server): the answer is
+// whole, and the connection takes no other request.
 var errAnnounced = errors.New("connection: close")
 
-// respReader turns a connection's incoming bytes into answers. Bytes that
-// do not yet make a whole answer wait in buf; a body that is complete in
-// what arrived is handed on without a copy.
+// respReader turns a connection's incoming bytes into the answer to its
+// one request in flight, in every framing a server uses: Content-Length,
+// chunked (trailers dropped), a body that runs to the connection's end,
+// and interim 1xx answers before the final one. A body that arrives whole
+// within one read is handed on without a copy.
 type respReader struct {
-	buf     []byte // bytes of an incomplete answer
+	state   readState
+	head    []byte // bytes of a head split between reads
 	h       http1.ResponseHead
-	chunked []byte // a dechunked body
-	skip    int    // bytes of an oversized body still to discard
+	remain  int // Content-Length bytes still to come
+	body    []byte
+	chunked http1.Chunked
+	over    bool // the body passed MaxBodyBytes: counted, not kept
 	resp    Response
 }
 
-// feed parses what arrived and delivers every complete answer to its call.
-// It returns errAnnounced after an answer with Connection: close, or the
-// error that makes the connection unusable.
-func (r *respReader) feed(pc *pipeConn, data []byte) error {
-	buf := data
-	if len(r.buf) > 0 {
-		r.buf = append(r.buf, data...)
-		buf = r.buf
-	}
-	maxBody := int(pc.p.opts.MaxBodyBytes)
-	var err error
-	for len(buf) > 0 {
-		if r.skip > 0 {
-			n := min(r.skip, len(buf))
-			r.skip -= n
-			buf = buf[n:]
-			continue
-		}
-		c := pc.front()
-		ok, perr := http1.ParseResponseHead(buf, c != nil && c.r.Method == "GET", &r.h)
-		if perr != nil {
-			err = perr
-			break
-		}
-		if !ok {
-			break
-		}
-		h := &r.h
-		if c == nil {
-			err = fmt.Errorf("%w: an answer with no request", http1.ErrMalformed)
-			break
-		}
-		if h.Status < 200 {
-			buf = buf[h.HeadLen:] // 100 Continue and the like
-			continue
-		}
-		rest := buf[h.HeadLen:]
-		var body []byte
-		truncated := false
-		switch {
-		case h.Chunked:
-			size, wire, cerr := http1.ChunkedEnd(rest)
-			if cerr != nil {
-				err = cerr
-				goto keep
+type readState uint8
+
+const (
+	readHead readState = iota
+	readLength
+	readChunked
+	readToEOF
+)
+
+// feed parses what arrived and completes the connection's request when
+// its answer is whole. It returns errAnnounced after an answer that ends
+// the connection, or the error that makes the connection unusable: bytes
+// with no request waiting for them, or more bytes than the answer's
+// framing says (a server that lied about its length: the answer is not
+// delivered, since it cannot be told what is in it).
+func (r *respReader) feed(pc *apiConn, data []byte) error {
+	maxBody := int(pc.h.opts.MaxBodyBytes)
+	for len(data) > 0 {
+		switch r.state {
+		case readHead:
+			c := pc.current()
+			if c == nil {
+				if r.head == nil && onlyCRLF(data) {
+					return nil
+				}
+				return fmt.Errorf("%w: %d bytes with no request waiting for them", http1.ErrMalformed, len(data))
 			}
-			if wire == 0 {
-				goto keep
+			pc.answering()
+			buf := data
+			if len(r.head) > 0 {
+				r.head = append(r.head, data...)
+				buf = r.head
 			}
-			if size > maxBody {
-				truncated = true
-			} else {
-				r.chunked = http1.Dechunk(r.chunked[:0], rest[:wire])
-				body = r.chunked
+			ok, err := http1.ParseResponseHead(buf, c.r.Method == "GET", &r.h)
+			if err != nil {
+				return err
 			}
-			buf = rest[wire:]
-		case h.UntilEOF:
-			goto keep // complete at the end of the connection
-		case h.Length > maxBody:
-			truncated = true
-			r.skip = h.Length
-			buf = rest
-		default:
-			if len(rest) < h.Length {
-				goto keep
+			if !ok {
+				if len(r.head) == 0 {
+					r.head = append(r.head, data...)
+				}
+				return nil
 			}
-			body = rest[:h.Length]
-			buf = rest[h.Length:]
+			data = buf[r.h.HeadLen:]
+			r.head = r.head[:0]
+			if r.h.Status < 200 {
+				continue // 100 Continue and the like: the answer follows
+			}
+			r.body, r.over = r.body[:0], false
+			switch {
+			case r.h.Chunked:
+				r.state, r.chunked = readChunked, http1.Chunked{}
+			case r.h.UntilEOF:
+				r.state = readToEOF
+			case r.h.Length > maxBody:
+				r.state, r.remain, r.over = readLength, r.h.Length, true
+			case len(data) >= r.h.Length:
+				// The whole body has arrived: no copy (it is handed on
+				// before r.head or the read buffer is used again).
+				body := data[:r.h.Length]
+				data = data[r.h.Length:]
+				if err := r.finish(pc, body, data); err != nil {
+					return err
+				}
+			default:
+				r.state, r.remain = readLength, r.h.Length
+			}
+		case readLength:
+			n := min(r.remain, len(data))
+			if !r.over {
+				r.body = append(r.body, data[:n]...)
+			}
+			r.remain -= n
+			data = data[n:]
+			if r.remain == 0 {
+				if err := r.finish(pc, r.body, data); err != nil {
+					return err
+				}
+			}
+		case readChunked:
+			var n int
+			var done bool
+			var err error
+			r.body, n, done, err = r.chunked.Feed(r.body, data, !r.over)
+			if err != nil {
+				return err
+			}
+			data = data[n:]
+			if r.chunked.Size() > int64(maxBody) && !r.over {
+				r.over, r.body = true, r.body[:0]
+			}
+			if done {
+				if err := r.finish(pc, r.body, data); err != nil {
+					return err
+				}
+			}
+		case readToEOF:
+			if !r.over {
+				r.body = append(r.body, data...)
+				if len(r.body) > maxBody {
+					r.over, r.body = true, r.body[:0]
+				}
+			}
+			return nil
 		}
-		pc.deliver(c, h, body, truncated)
-		if h.Close {
-			err = errAnnounced
-			break
-		}
-	}
-keep:
-	if err != nil {
-		r.buf = nil
-		return err
-	}
-	switch {
-	case len(buf) == 0:
-		if cap(r.buf) > 64<<10 {
-			r.buf = nil
-		} else {
-			r.buf = r.buf[:0]
-		}
-	case len(r.buf) > 0: // buf is the tail of r.buf
-		r.buf = r.buf[:copy(r.buf, buf)]
-	default:
-		r.buf = append(r.buf[:0], buf...)
-	}
-	if len(r.buf) > maxBody+http1.MaxHeadBytes+64 {
-		return fmt.Errorf("%w: answer larger than the body limit", http1.ErrMalformed)
 	}
 	return nil
 }
 
+// finish delivers a whole answer; rest is what arrived after it.
+func (r *respReader) finish(pc *apiConn, body, rest []byte) error {
+	r.state = readHead
+	if len(rest) > 0 && !onlyCRLF(rest) {
+		return fmt.Errorf("%w: %d bytes past the end of the answer its head announced", http1.ErrMalformed, len(rest))
+	}
+	body = r.keep(body)
+	pc.complete(&r.h, body, r.over)
+	if r.h.Close {
+		return errAnnounced
+	}
+	return nil
+}
+
+// keep returns body, or nothing if it was over the limit; a large buffer
+// is not kept for the next answer.
+func (r *respReader) keep(body []byte) []byte {
+	if r.over {
+		body = nil
+	}
+	if cap(r.body) > 256<<10 {
+		defer func() { r.body = nil }()
+	}
+	return body
+}
+
 // eof completes an answer whose body ran to the end of the connection.
-func (r *respReader) eof(pc *pipeConn) {
-	if len(r.buf) == 0 {
+// Any other answer cut short by the close is not delivered: the request
+// fails (it may have been processed).
+func (r *respReader) eof(pc *apiConn) {
+	if r.state != readToEOF {
 		return
 	}
-	c := pc.front()
-	if c == nil {
-		return
+	r.state = readHead
+	pc.complete(&r.h, r.keep(r.body), r.over)
+}
+
+func onlyCRLF(b []byte) bool {
+	for _, c := range b {
+		if c != '\r' && c != '\n' {
+			return false
+		}
 	}
-	ok, err := http1.ParseResponseHead(r.buf, c.r.Method == "GET", &r.h)
-	if err != nil || !ok || !r.h.UntilEOF {
-		return
-	}
-	body := r.buf[r.h.HeadLen:]
-	pc.deliver(c, &r.h, body, len(body) > int(pc.p.opts.MaxBodyBytes))
-	r.buf = nil
+	return true
 }
