@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
@@ -44,6 +45,8 @@ func main() {
 	var usageErr errUsage
 	switch {
 	case err == nil, errors.Is(err, flag.ErrHelp):
+	case errors.Is(err, errUndelivered):
+		os.Exit(1) // the counts are logged
 	case errors.As(err, &usageErr):
 		fmt.Fprintln(os.Stderr, "ws2api:", err)
 		os.Exit(2)
@@ -52,6 +55,10 @@ func main() {
 		os.Exit(1)
 	}
 }
+
+// errUndelivered ends a run whose drain timed out with requests to the API
+// undelivered: exit code 1, so that systemd shows it.
+var errUndelivered = errors.New("drain timed out with requests to the API undelivered")
 
 // run is the whole program: it returns when ctx ends and the drain is
 // over, or at once on a bad flag.
@@ -111,6 +118,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	probed := probeBackends(bases, log) // while the rest starts; "ws2api serving" waits for it
+
 	var gwReady atomic.Pointer[gateway.Server] // for OnRecover, which may run before gw exists
 	var backendGauges sync.Map                 // base URL -> func() removing its gauge
 	pool, err := upstream.NewPool(bases, upstream.PoolOptions{
@@ -121,6 +130,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 			Timeout:      cfg.timeout,
 			MaxBodyBytes: max(int64(cfg.maxMessage), 16<<20),
 			Observer:     m,
+			Log:          log,
 		},
 		HealthPath: cfg.apiHealthPath,
 		OnChange: func(base string, e upstream.BackendEvent) {
@@ -242,6 +252,7 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	gwDone := make(chan error, 1)
 	go func() { gwDone <- gw.Serve(publicLn) }()
 
+	probed.Wait()
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
 		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
 		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns(), "node", gw.Node(), "cluster", bus != nil)
@@ -281,13 +292,59 @@ wait:
 	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()
 	start := time.Now()
-	if err := gw.Shutdown(drainCtx); err != nil {
-		log.Warn("drain incomplete", "error", err)
-	} else {
+	var cut *gateway.DrainError
+	switch err := gw.Shutdown(drainCtx); {
+	case err == nil:
 		log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
+	case errors.As(err, &cut) && cut.Lost():
+		log.Error("drain timed out: undelivered messages and DELETEs dropped", "messages", cut.Messages, "bytes", cut.Bytes,
+			"deletes", cut.Deletes, "clients", cut.Clients, "drain_timeout", cfg.drainTimeout.String())
+		if runErr == nil {
+			runErr = errUndelivered
+		}
+	default:
+		log.Warn("drain incomplete", "error", err)
 	}
 	_ = ctl.Close()
 	return runErr // then bus.Close: the shutdown's disconnects reach Redis
+}
+
+// probeTimeout bounds the start-up probe of each API backend.
+const probeTimeout = 2 * time.Second
+
+// probeBackends opens a TCP connection to each API base, all at once, and
+// warns of each that does not resolve or does not answer: a mistyped -api
+// shows at start-up, not at the first client. The gateway serves anyway,
+// since the API may start later. The group it returns is done within
+// probeTimeout.
+func probeBackends(bases []string, log *slog.Logger) *sync.WaitGroup {
+	var wg sync.WaitGroup
+	for _, base := range bases {
+		wg.Go(func() {
+			c, err := net.DialTimeout("tcp", backendAddr(base), probeTimeout)
+			if err != nil {
+				log.Warn("API backend unreachable at start-up; serving anyway", "backend", base, "error", err)
+				return
+			}
+			c.Close()
+		})
+	}
+	return &wg
+}
+
+// backendAddr returns the host:port of an API base URL (checked by the
+// flags).
+func backendAddr(base string) string {
+	u, err := url.Parse(base)
+	switch {
+	case err != nil:
+		return base // the dial fails and says so
+	case u.Port() != "":
+		return u.Host
+	case u.Scheme == "https":
+		return net.JoinHostPort(u.Hostname(), "443")
+	}
+	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // reload re-reads -api-file and the TLS certificate on SIGHUP; what fails

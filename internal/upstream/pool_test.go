@@ -203,3 +203,64 @@ func TestPoolSendsAGETOnWhenItsBackendIsUnreachable(t *testing.T) {
 		}
 	}
 }
+
+// When a backend dies, the requests waiting for one of its connections go
+// to the healthy backend at once (one once sat in the dead backend's queue
+// for the whole timeout while its client's later messages waited behind
+// it). The request the dead backend had in flight fails: it may have been
+// processed, and the caller's retry decides.
+func TestPoolMovesWaitingRequestsOffADeadBackend(t *testing.T) {
+	t.Parallel()
+	held := make(chan net.Conn, 16)
+	dead, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		for {
+			c, err := dead.Accept()
+			if err != nil {
+				return
+			}
+			held <- c // read nothing, answer nothing
+		}
+	}()
+	alive := newRestartable(t, "alive")
+	pl, err := NewPool([]string{"http://" + dead.Addr().String() + "/", alive.url()},
+		PoolOptions{Host: HostOptions{MaxConns: 1, Timeout: 30 * time.Second}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pl.Close)
+	results := make(chan result, 20)
+	for range 20 {
+		go func() { results <- do(pl, &Request{Method: "POST", Path: "x"}) }()
+	}
+	// The dead backend's one connection holds a request; others wait.
+	var first net.Conn
+	select {
+	case first = <-held:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no request reached the first backend")
+	}
+	time.Sleep(50 * time.Millisecond)
+	dead.Close()
+	first.Close()
+	start := time.Now()
+	answered, failed := 0, 0
+	for range 20 {
+		r := <-results
+		switch {
+		case r.err == nil && r.body == "alive":
+			answered++
+		case r.err != nil:
+			failed++
+		}
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Fatalf("the waiting requests took %v to move", d)
+	}
+	if failed > 1 || answered+failed != 20 {
+		t.Fatalf("%d answered by the live backend, %d failed; only the one in flight on the dead backend may fail", answered, failed)
+	}
+}
