@@ -2,7 +2,7 @@ package upstream
 
 import "strconv"
 
-// The HTTP/1.1 the pipelined client speaks: requests are encoded straight
+// The HTTP/1.1 the client speaks: requests are encoded straight
 // into a connection's output buffer, responses parsed from its input
 // buffer without copying, so a message costs no allocation on its way.
 
