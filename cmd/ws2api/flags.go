@@ -32,7 +32,6 @@ type config struct {
 
 	maxConnsPerHost     int
 	maxIdleConnsPerHost int
-	pipeline            int
 	timeout             time.Duration
 
 	maxMessage      byteSize
@@ -83,7 +82,7 @@ var flagGroups = []struct {
 	{"Listeners", []string{"listen", "control", "api", "api-file"}},
 	{"Security", []string{"control-token", "tls-cert", "tls-key", "origins"}},
 	{"Cluster", []string{"redis", "cluster-prefix", "relay-timeout"}},
-	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "pipeline", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
+	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
 	{"Limits", []string{"max-conns", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
@@ -102,7 +101,6 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile at exit to `file`")
 	fs.IntVar(&cfg.maxConnsPerHost, "max-conns-per-host", 256, "most connections open to the API; requests beyond wait in a queue")
 	fs.IntVar(&cfg.maxIdleConnsPerHost, "max-idle-conns-per-host", 256, "most idle connections to the API kept for reuse")
-	fs.IntVar(&cfg.pipeline, "pipeline", 16, "requests in flight at once on one connection to the API (HTTP/1.1 pipelining); 1 turns it off")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "time the API has to answer one request")
 	fs.DurationVar(&cfg.retryFirst, "retry-first", 100*time.Millisecond, "wait before the first retry of a failed request (doubles each time)")
 	fs.DurationVar(&cfg.retryMax, "retry-max", 5*time.Second, "longest wait between retries")
@@ -110,8 +108,8 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.forwardHeaders, "forward-headers", strings.Join(gateway.DefaultForwardHeaders, ","), "client handshake `headers` sent on with the connect GET (comma-separated)")
 	cfg.maxMessage, cfg.maxPending, cfg.maxPendingTotal, cfg.maxOutgoing, cfg.maxHeader = 1<<20, 5<<20, 1<<30, 4<<20, 8<<10
 	fs.Var(&cfg.maxMessage, "max-message-size", "largest message either way; a client sending more is closed with 1009 (`bytes`, e.g. 64KiB)")
-	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API; past it the client is closed with 1013 (`bytes`)")
-	fs.Var(&cfg.maxPendingTotal, "max-pending-total", "all clients' messages waiting for the API; past it a client that sends is closed with 1013 (`bytes`)")
+	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API, each counted as its size plus 256; past it the client is closed with 1013 (`bytes`)")
+	fs.Var(&cfg.maxPendingTotal, "max-pending-total", "all clients' messages waiting for the API, counted as for -max-pending; past it a client that sends is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
 	fs.Var(&cfg.maxHeader, "max-header-size", "largest upgrade request head (`bytes`)")
 	fs.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to send its upgrade request")
@@ -120,7 +118,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key `file` for -tls-cert")
 	fs.StringVar(&cfg.origins, "origins", "", "browser origins allowed to connect, comma-separated `list` (https://app.example.com, https://*.example.com, null); another Origin is refused with 403; clients sending none are not affected")
 	fs.IntVar(&cfg.maxConns, "max-conns", 0, "most clients connected at once; an upgrade past it is answered 503 (0: the open-file limit less 1024)")
-	fs.Float64Var(&cfg.maxMsgRate, "max-msg-rate", 100, "messages per second one client may send, a second's worth at once; faster closes it with 1008 (0: no limit)")
+	fs.Float64Var(&cfg.maxMsgRate, "max-msg-rate", 100, "messages per second of one client sent to the API, a second's worth at once; a client sending faster is paced: its messages wait their turn within -max-pending (0: no limit)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a client with 1001 after this long without a message either way; pings do not count (0: never)")
 	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping)")
 	fs.DurationVar(&cfg.pingTimeout, "ping-timeout", 20*time.Second, "a pinged client that then sends nothing for this long is dead: closed, DELETE with 1006")
@@ -228,9 +226,6 @@ func (c *config) check() error {
 	}
 	if c.maxIdleConnsPerHost < 0 {
 		return bad("max-idle-conns-per-host", "must not be negative")
-	}
-	if c.pipeline < 1 {
-		return bad("pipeline", "must be at least 1")
 	}
 	for _, d := range []struct {
 		name string

@@ -315,7 +315,7 @@ func TestAPI503sLoseNothing(t *testing.T) {
 	ch.waitReplies(outageMessages, 30*time.Second)
 	posts, _ := logged(t, api.log)
 	checkDelivered(t, posts, outageClients, outageMessages, true)
-	if status, body := get(t, gw.control+"/metrics"); status != 200 || !regexp.MustCompile(`(?m)^ws2api_api_retries_total [1-9]`).MatchString(body) {
+	if status, body := get(t, gw.control+"/metrics"); status != 200 || !regexp.MustCompile(`(?m)^ws2api_api_retries_total{cause="status"} [1-9]`).MatchString(body) {
 		t.Fatalf("no retries counted:\n%s", body)
 	}
 }

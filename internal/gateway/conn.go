@@ -70,7 +70,7 @@ type conn struct {
 	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
 	lastRead    atomic.Int64 // the keeper's clock when a byte last came in (keepalive.go)
 	pingSent    atomic.Int64 // the keeper's clock when it pinged, 0 once answered
-	rateTAT     int64        // MaxMessageRate's theoretical arrival time (keepalive.go)
+	rateTAT     int64        // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
 	msgsIn      atomic.Uint64
 	msgsOut     atomic.Uint64
 
@@ -80,17 +80,18 @@ type conn struct {
 	// Toward the API: one request in flight, the rest wait in order (see
 	// forward.go).
 	queue        []message
-	busy         bool    // a POST or the DELETE is in flight or waiting to be retried
+	busy         bool    // a POST or the DELETE is in flight, waiting to be retried, or paced
 	sending      message // the message in flight; buf nil while the DELETE is
 	req          upstream.Request
 	answer       func(*upstream.Response, error) // c.answered, bound once
 	attempt      int
 	firstTry     time.Time
-	retry        *time.Timer
-	retryDue     bool // the request in flight waits out a backoff
+	timer        *time.Timer // ends a wait (c.wake)
+	waiting      waitKind    // what the request in flight waits for before it goes
 	pendingBytes int64
 	deleteDue    bool // the socket closed: DELETE after the queue drains
 	deleteSent   bool
+	keySeq       uint64 // the requests keyed so far
 
 	end        closeInfo
 	ended      bool // end is set: the first reason wins
@@ -190,6 +191,13 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	hs := c.hs
 	c.hs = nil
 	rej, protocol, meta, groups := decide(hs, resp, err)
+	if rej != nil && rej.status >= 500 { // the API failed, as opposed to refusing the client
+		var why any = rej.text
+		if err != nil {
+			why = err
+		}
+		s.warn.Warn(s.log, "connect GET to the API failed; client refused", "id", hs.id, "client_status", rej.status, "error", why)
+	}
 	accepted := rej == nil
 	switch {
 	case accepted && c.state != stAuthorizing:
@@ -216,6 +224,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	// upgrade can be pushed to and is reached by a shutdown.
 	c.state = stOpen
 	c.upgraded = true
+	s.deletesDue.Add(1)
 	c.id = hs.id
 	c.subprotocol = protocol
 	c.userAgent = intern(hs.userAgent)
@@ -437,6 +446,7 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	s.m.Connections.Dec()
 	s.m.Close(c.end.cause)
 	if c.end.noDelete {
+		s.deletesDue.Add(-1)
 		return
 	}
 	c.deleteDue = true

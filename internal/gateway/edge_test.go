@@ -84,53 +84,66 @@ func TestMaxConnsAnswers503(t *testing.T) {
 	}
 }
 
-func TestMessageRateOverTheLimitClosesWith1008(t *testing.T) {
+// A client sending faster than MaxMessageRate is paced, not punished: a
+// second's worth of messages goes at once, the rest wait their turn, and
+// every one reaches the API in order. Another client is not held back.
+func TestMessagesOverTheRateArePacedNotDropped(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)
-	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxMessageRate: 20}})
-
-	// A burst of a second's worth is allowed.
-	calm := testkit.Dial(t, h.url("calm"), nil)
-	for i := range 20 {
-		_ = calm.WriteMessage(websocket.TextMessage, []byte(itoa(i)))
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxMessageRate: 100}})
+	flood := testkit.Dial(t, h.url("flood"), nil)
+	const n = 200
+	for i := range n {
+		if err := flood.WriteMessage(websocket.TextMessage, []byte(itoa(i))); err != nil {
+			t.Fatal(err)
+		}
 	}
-	for i := range 20 {
-		if _, got := testkit.Read(t, calm, wait); got != "echo:"+itoa(i) {
+	calm := testkit.Dial(t, h.url("calm"), nil)
+	start := time.Now()
+	_ = calm.WriteMessage(websocket.TextMessage, []byte("not held back"))
+	if _, got := testkit.Read(t, calm, wait); got != "echo:not held back" {
+		t.Fatalf("calm client: %q", got)
+	}
+	if d := time.Since(start); d > 500*time.Millisecond {
+		t.Errorf("calm client answered after %v, behind the paced one", d)
+	}
+
+	for i := range n {
+		if _, got := testkit.Read(t, flood, wait); got != "echo:"+itoa(i) {
 			t.Fatalf("reply %d: %q", i, got)
 		}
 	}
-
-	flood := testkit.Dial(t, h.url("flood"), nil)
-	go func() {
-		for i := 0; i < 200; i++ {
-			if flood.WriteMessage(websocket.TextMessage, []byte("x")) != nil {
-				return
-			}
-		}
-	}()
-	testkit.ExpectClose(t, flood, 1008, "too many messages", wait)
-	del := api.WaitDelete("flood", wait)
-	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1008" {
-		t.Fatalf("DELETE code %s, want 1008", code)
-	}
-	posts := 0
+	var posts []testkit.Call
 	for _, c := range api.CallsFor("flood") {
-		if c.Method == "POST" {
-			posts++
+		switch c.Method {
+		case "POST":
+			posts = append(posts, c)
+		case "DELETE":
+			t.Fatalf("the paced client was closed: %v", c)
 		}
 	}
-	if posts > 21 {
-		t.Fatalf("%d messages reached the API; the limit lets a second's worth (20) through", posts)
+	if len(posts) != n {
+		t.Fatalf("%d POSTs, want %d", len(posts), n)
 	}
-	if n := h.m.Closes["rate_limit"].Get(); n != 1 {
-		t.Fatalf("closes{cause=rate_limit} = %d, want 1", n)
+	for i, p := range posts {
+		if p.Body != itoa(i) {
+			t.Fatalf("POST %d carries %q: out of order", i, p.Body)
+		}
 	}
-	// The calm client is still served, once it has waited a
-	// message's interval (1/20 s) after its burst.
-	time.Sleep(100 * time.Millisecond)
-	_ = calm.WriteMessage(websocket.TextMessage, []byte("still here"))
-	if _, got := testkit.Read(t, calm, wait); got != "echo:still here" {
-		t.Fatalf("calm client: %q", got)
+	// 100 at once, then one per 10 ms: the last about a second after the
+	// first.
+	if d := posts[99].At.Sub(posts[0].At); d > 500*time.Millisecond {
+		t.Errorf("the first second's worth took %v: the burst was held back", d)
+	}
+	if d := posts[n-1].At.Sub(posts[0].At); d < 800*time.Millisecond || d > 3*time.Second {
+		t.Errorf("the last POST came %v after the first, want about 1s", d)
+	}
+	if got := h.m.Closes["backlog"].Get(); got != 0 {
+		t.Errorf("closes{cause=backlog} = %d", got)
+	}
+	_ = flood.WriteMessage(websocket.TextMessage, []byte("still here"))
+	if _, got := testkit.Read(t, flood, wait); got != "echo:still here" {
+		t.Fatalf("paced client afterwards: %q", got)
 	}
 }
 

@@ -28,15 +28,33 @@ type message struct {
 
 // A connection's way to the API, in the order things happen:
 //
-//	enqueue      a message arrives: sent at once if nothing is in flight,
-//	             else queued behind the others
-//	startPOST    the connection's one request in flight is that message
-//	answered     the API's answer: reply to the client, or retry after a
-//	             backoff while later messages wait, or give up
-//	nextLocked   the next queued message, else the DELETE once closed
+//	enqueue         a message arrives: started at once if nothing is in
+//	                flight, else queued behind the others
+//	startPOST       the connection's one request in flight is that message,
+//	                with an Idempotency-Key of its own
+//	sendPacedLocked it goes to the API now, or at its turn if the client
+//	                sends faster than MaxMessageRate (a paced wait)
+//	answered        the API's answer: reply to the client, or retry after a
+//	                backoff while later messages wait, or give up
+//	nextLocked      the next queued message, else the DELETE once closed
 //
-// The connection reuses one Request and one callback for all of it: one
-// request is in flight at a time, and a message costs no allocation.
+// The connection reuses one Request, one callback and one timer (for a
+// backoff or a paced wait, which never overlap) for all of it: one request
+// is in flight at a time, and a message costs no allocation.
+
+// waitKind is what the request in flight waits for before it goes.
+type waitKind uint8
+
+const (
+	waitNone    waitKind = iota
+	waitBackoff          // it failed: sent again after a backoff (s.retrying holds c)
+	waitRate             // a POST over MaxMessageRate: sent at its turn
+)
+
+// msgOverhead is what a waiting message counts against MaxPendingBytes and
+// MaxPendingTotal beyond its payload: its buffer is at least that large,
+// and a flood of empty messages must not pass the caps.
+const msgOverhead = 256
 
 // enqueue takes a client message.
 func (c *conn) enqueue(op ws.Opcode, payload []byte) {
@@ -45,14 +63,9 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	s.m.MessagesIn.Inc()
 	s.m.BytesIn.AddInt64(n)
 	c.msgsIn.Add(1)
-	now := time.Now().UnixNano()
-	c.lastActive.Store(now)
+	c.lastActive.Store(time.Now().UnixNano())
 	switch {
-	case c.overRate(now):
-		c.closeLocked(closeRateLimit)
-		c.dropData = true
-		return
-	case c.pendingBytes+n > s.opts.MaxPendingBytes:
+	case c.pendingBytes+n+int64(c.pendingMsgs()+1)*msgOverhead > s.opts.MaxPendingBytes:
 		c.closeLocked(closeBacklog)
 		c.dropData = true
 		return
@@ -72,6 +85,16 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	c.startPOST(msg)
 }
 
+// pendingMsgs returns the number of c's messages waiting for the API, the
+// one in flight included.
+func (c *conn) pendingMsgs() int {
+	n := len(c.queue)
+	if c.sending.buf != nil {
+		n++
+	}
+	return n
+}
+
 // startPOST makes msg the request in flight.
 func (c *conn) startPOST(msg message) {
 	ct := contentText
@@ -79,8 +102,19 @@ func (c *conn) startPOST(msg message) {
 		ct = contentBinary
 	}
 	c.sending = msg
-	c.req = upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: *msg.buf}
-	c.attempt, c.firstTry = 0, time.Now()
+	c.req = upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: c.nextKey()}
+	c.sendPacedLocked()
+}
+
+// sendPacedLocked sends the POST in flight if MaxMessageRate allows it
+// now, else holds it back until its turn.
+func (c *conn) sendPacedLocked() {
+	now := time.Now()
+	if wait := c.rateWait(now); wait > 0 {
+		c.waitLocked(waitRate, wait)
+		return
+	}
+	c.attempt, c.firstTry = 0, now
 	c.sendLocked()
 }
 
@@ -92,9 +126,17 @@ func (c *conn) startDELETE() {
 	h := make([]upstream.Header, len(c.apiHeader), len(c.apiHeader)+1)
 	copy(h, c.apiHeader)
 	h = append(h, upstream.Header{Name: HeaderCloseCode, Value: strconv.Itoa(c.end.code)})
-	c.req = upstream.Request{Method: "DELETE", Path: c.id, Header: h, ContentType: contentText, Body: []byte(c.end.reason)}
+	c.req = upstream.Request{Method: "DELETE", Path: c.id, Header: h, ContentType: contentText, Body: []byte(c.end.reason), Key: c.nextKey()}
 	c.attempt, c.firstTry = 0, time.Now()
 	c.sendLocked()
+}
+
+// nextKey returns the Idempotency-Key of a new request: unique to one
+// message (or the close) and the same on each re-send, since a re-send
+// reuses the request.
+func (c *conn) nextKey() upstream.Key {
+	c.keySeq++
+	return upstream.Key{Prefix: c.connID, Seq: c.keySeq}
 }
 
 // sendLocked hands the request in flight to the API client, which never
@@ -117,13 +159,11 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 	if outcome == upstream.Failed && !errors.Is(err, upstream.ErrClosed) {
 		c.attempt++
 		if wait, ok := s.opts.Retry.Next(c.attempt, c.firstTry, time.Now()); ok {
-			s.m.Resent(c.req.Method, upstream.Cause(resp, err))
-			if c.retry == nil {
-				c.retry = time.AfterFunc(wait, c.retryNow)
-			} else {
-				c.retry.Reset(wait)
-			}
-			c.retryDue = true
+			cause := upstream.Cause(resp, err)
+			s.m.Resent(c.req.Method, cause)
+			s.warn.Warn(s.log, "re-sending a request to the API", "id", c.id, "method", c.req.Method,
+				"cause", cause, "attempt", c.attempt, "error", errOrStatus(resp, err), "retry_in", wait)
+			c.waitLocked(waitBackoff, wait)
 			s.retryMu.Lock()
 			s.retrying[c] = struct{}{}
 			s.retryMu.Unlock()
@@ -133,6 +173,7 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 	}
 
 	if c.sending.buf == nil { // the DELETE
+		s.deletesDue.Add(-1)
 		if outcome != upstream.Delivered && !errors.Is(err, upstream.ErrClosed) {
 			s.warn.Warn(s.log, "DELETE not delivered to the API", "id", c.id, "error", errOrStatus(resp, err))
 		}
@@ -168,17 +209,35 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 	c.nextLocked()
 }
 
-// retryNow sends the request in flight again, after its backoff.
-func (c *conn) retryNow() {
-	c.s.retryMu.Lock()
-	delete(c.s.retrying, c)
-	c.s.retryMu.Unlock()
-	c.mu.Lock()
-	if c.retryDue {
-		c.retryDue = false
-		c.sendLocked()
+// waitLocked holds the request in flight back for d; wake then sends it.
+func (c *conn) waitLocked(kind waitKind, d time.Duration) {
+	c.waiting = kind
+	if c.timer == nil {
+		c.timer = time.AfterFunc(d, c.wake)
+	} else {
+		c.timer.Reset(d)
 	}
-	c.mu.Unlock()
+}
+
+// wake ends the wait of the request in flight: it is sent again after its
+// backoff, or sent at its turn under MaxMessageRate. A timer that fires
+// for a wait already over finds nothing to do, or a paced POST not yet
+// due, which waits again.
+func (c *conn) wake() {
+	s := c.s
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	switch c.waiting {
+	case waitBackoff:
+		s.retryMu.Lock()
+		delete(s.retrying, c)
+		s.retryMu.Unlock()
+		c.waiting = waitNone
+		c.sendLocked()
+	case waitRate:
+		c.waiting = waitNone
+		c.sendPacedLocked()
+	}
 }
 
 func errOrStatus(resp *upstream.Response, err error) any {
@@ -228,6 +287,7 @@ func (c *conn) deleteUnborn(id string, meta []upstream.Header, end closeInfo) {
 	c.id = id
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
 	c.end, c.ended = end, true
+	c.s.deletesDue.Add(1)
 	c.deleteDue = true
 	if !c.busy {
 		c.busy = true

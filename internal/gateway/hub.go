@@ -101,10 +101,7 @@ func (s *Server) Info(id string) (Info, error) {
 		return Info{}, err
 	}
 	defer c.mu.Unlock()
-	pending := len(c.queue)
-	if c.sending.buf != nil {
-		pending++ // the one in flight
-	}
+	pending := c.pendingMsgs()
 	meta := map[string]string{}
 	for _, h := range c.apiHeader {
 		if name, ok := strings.CutPrefix(h.Name, HeaderMetaPrefix); ok {

@@ -23,7 +23,6 @@ import (
 var (
 	closeIdle        = closeInfo{code: ws.CloseGoingAway, reason: "idle timeout", cause: metrics.CauseIdle}
 	closePingTimeout = closeInfo{code: ws.CloseAbnormal, reason: "ping timeout", cause: metrics.CausePingTimeout}
-	closeRateLimit   = closeInfo{code: ws.ClosePolicyViolation, reason: "too many messages", cause: metrics.CauseRateLimit}
 )
 
 // keeperTick is how often the keeper sweeps: a quarter of the shortest
@@ -126,18 +125,22 @@ func (c *conn) heard() {
 	}
 }
 
-// overRate reports whether a message arriving at now takes c past
-// MaxMessageRate. The rule is GCRA: a client may send a second's worth of
-// messages at once, then one per interval.
-func (c *conn) overRate(now int64) bool {
+// rateWait returns how long a POST of c's starting at now must wait to
+// keep c within MaxMessageRate, or 0 if it may go now (it is then counted).
+// The rule is GCRA: a client may send a second's worth of messages at
+// once, then one per interval; the messages beyond wait their turn in
+// c's queue. The clock is s.epoch's monotonic one: a step of the wall
+// clock cannot hold a client back.
+func (c *conn) rateWait(now time.Time) time.Duration {
 	interval := c.s.rateInterval
 	if interval == 0 {
-		return false
+		return 0
 	}
-	tat := max(c.rateTAT, now)
-	if tat-now > int64(time.Second)-interval {
-		return true
+	t := int64(now.Sub(c.s.epoch))
+	tat := max(c.rateTAT, t)
+	if wait := tat - t - (int64(time.Second) - interval); wait > 0 {
+		return time.Duration(wait)
 	}
 	c.rateTAT = tat + interval
-	return false
+	return 0
 }

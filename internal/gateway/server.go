@@ -18,7 +18,7 @@
 //	             internal/cluster)
 //	hub.go       push, info, kick, broadcast (what the control API calls)
 //	keepalive.go pings for silent clients, closes for dead and idle ones;
-//	             the message rate limit
+//	             the message rate, which paces a client's POSTs
 //
 // Event-loop callbacks never block: requests to the API are handed to an
 // [upstream.Client] and answered on its goroutines.
@@ -69,11 +69,13 @@ type Options struct {
 	// longer one closes the client with 1009. Default 1 MiB.
 	MaxMessageBytes int64
 	// MaxPendingBytes bounds one client's messages waiting for the API; past
-	// it the client is closed with 1013. Default 5 MiB.
+	// it the client is closed with 1013. Each message counts its payload
+	// and 256 bytes for its buffer. Default 5 MiB.
 	MaxPendingBytes int64
-	// MaxPendingTotal bounds all clients' messages waiting for the API, so
-	// that a long outage with many clients cannot exhaust memory: past it,
-	// a client that sends is closed with 1013. Default 1 GiB.
+	// MaxPendingTotal bounds all clients' messages waiting for the API,
+	// counted the same way, so that a long outage with many clients cannot
+	// exhaust memory: past it, a client that sends is closed with 1013.
+	// Default 1 GiB.
 	MaxPendingTotal int64
 	// MaxOutgoingBytes bounds the bytes waiting to be written to one client
 	// (beyond what the kernel holds); a client that lets more pile up is
@@ -103,9 +105,10 @@ type Options struct {
 	// upgrade past it is answered 503. Default: the process's open-file
 	// limit less 1,024 (kept for the API and control connections).
 	MaxConns int
-	// MaxMessageRate bounds the messages per second one client may send,
-	// averaged over a second (a burst of that many is allowed); a client
-	// sending faster is closed with 1008. Zero: off.
+	// MaxMessageRate bounds the messages per second of one client that go
+	// to the API, averaged over a second (a burst of that many is allowed);
+	// the messages of a client sending faster wait their turn in its queue,
+	// within MaxPendingBytes. Zero: off.
 	MaxMessageRate float64
 	// PingInterval: a client silent that long is pinged; one that then
 	// sends nothing for PingTimeout is taken for dead, closed, and its
@@ -249,7 +252,13 @@ type Server struct {
 	apiWork  atomic.Int64 // connections with a request to the API in flight or due
 	origins  originList
 
+	// deletesDue counts the connections the API accepted whose DELETE it
+	// has not answered yet (open ones included): what a cut-short drain
+	// leaves undelivered.
+	deletesDue atomic.Int64
+
 	rateInterval int64        // nanoseconds between messages at MaxMessageRate; 0: no limit
+	epoch        time.Time    // New's time: the monotonic clock of conn.rateTAT
 	clock        atomic.Int64 // unix nanoseconds at the keeper's last tick (keepalive.go)
 	keeperStop   chan struct{}
 	keeperOnce   sync.Once
@@ -275,10 +284,11 @@ func New(opts Options) (*Server, error) {
 	var node [4]byte
 	_, _ = rand.Read(node[:])
 	s := &Server{
-		opts: opts,
-		log:  opts.Logger,
-		m:    opts.Metrics,
-		node: hex.EncodeToString(node[:]),
+		opts:  opts,
+		log:   opts.Logger,
+		m:     opts.Metrics,
+		node:  hex.EncodeToString(node[:]),
+		epoch: time.Now(),
 	}
 	s.reg.init()
 	s.groups.init()
@@ -353,7 +363,8 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 
 // Shutdown stops accepting, closes every client with 1001 "going away", and
 // waits until the API has been sent every pending message and every DELETE,
-// or ctx ends. It then stops the event loop.
+// or ctx ends: then it returns a [*DrainError] saying what is undelivered.
+// It then stops the event loop.
 func (s *Server) Shutdown(ctx context.Context) error {
 	s.mu.Lock()
 	s.draining.Store(true)
@@ -388,12 +399,33 @@ func (s *Server) waitIdle(ctx context.Context) error {
 		}
 		select {
 		case <-ctx.Done():
-			return fmt.Errorf("gateway: drain: %d clients connected, %d with API work left: %w",
-				s.reg.count(), s.apiWork.Load(), ctx.Err())
+			return &DrainError{Clients: s.reg.count(), Messages: s.pending.msgs.Load(), Bytes: s.pending.bytes.Load(),
+				Deletes: s.deletesDue.Load(), Err: ctx.Err()}
 		case <-tick.C:
 		}
 	}
 }
+
+// DrainError is a drain cut short: what the API has not been sent (or has
+// not answered) when [Server.Shutdown]'s context ended.
+type DrainError struct {
+	Clients  int   // clients still connected
+	Messages int64 // client messages not delivered to the API
+	Bytes    int64 // their payload bytes
+	Deletes  int64 // DELETEs not delivered: the API does not learn of those ends
+	Err      error // the context's error
+}
+
+func (e *DrainError) Error() string {
+	return fmt.Sprintf("gateway: drain: %d messages (%d bytes) and %d DELETEs undelivered, %d clients connected: %v",
+		e.Messages, e.Bytes, e.Deletes, e.Clients, e.Err)
+}
+
+func (e *DrainError) Unwrap() error { return e.Err }
+
+// Lost reports whether the drain leaves a message or a DELETE undelivered
+// (and not only, say, a connect GET unanswered).
+func (e *DrainError) Lost() bool { return e.Messages > 0 || e.Deletes > 0 }
 
 // RetryNow sends again, within the next quarter second, every request
 // waiting out a backoff: the API is back (upstream.PoolOptions.OnRecover),
@@ -408,8 +440,8 @@ func (s *Server) RetryNow() {
 	s.retryMu.Unlock()
 	for _, c := range waiting {
 		c.mu.Lock()
-		if c.retry != nil && c.retryDue {
-			c.retry.Reset(time.Duration(mrand.Int64N(int64(250 * time.Millisecond))))
+		if c.waiting == waitBackoff {
+			c.timer.Reset(time.Duration(mrand.Int64N(int64(250 * time.Millisecond))))
 		}
 		c.mu.Unlock()
 	}
@@ -461,10 +493,12 @@ func appendBase36(b []byte, n uint64) []byte {
 type pendingGauge struct {
 	m     *metrics.Metrics
 	msgs  atomic.Int64
-	bytes atomic.Int64
+	bytes atomic.Int64 // payload
+	held  atomic.Int64 // payload and msgOverhead a message: what MaxPendingTotal bounds
 }
 
 func (p *pendingGauge) add(msgs, bytes int64) {
+	p.held.Add(bytes + msgs*msgOverhead)
 	p.m.PendingMessages.Set(float64(p.msgs.Add(msgs)))
 	p.m.PendingBytes.Set(float64(p.bytes.Add(bytes)))
 }
@@ -473,13 +507,13 @@ func (p *pendingGauge) add(msgs, bytes int64) {
 // reports whether it did. One atomic add decides, so that connections on
 // different pollers cannot both pass a check and together exceed max.
 func (p *pendingGauge) reserve(n, max int64) bool {
-	total := p.bytes.Add(n)
-	if total > max {
-		p.bytes.Add(-n)
+	cost := n + msgOverhead
+	if p.held.Add(cost) > max {
+		p.held.Add(-cost)
 		return false
 	}
 	p.m.PendingMessages.Set(float64(p.msgs.Add(1)))
-	p.m.PendingBytes.Set(float64(total))
+	p.m.PendingBytes.Set(float64(p.bytes.Add(n)))
 	return true
 }
 

@@ -34,13 +34,12 @@ const (
 	CauseAPIGaveUp    = "api_gave_up"   // a message could not be delivered to the API in time
 	CauseIdle         = "idle"          // no message either way for the idle timeout
 	CausePingTimeout  = "ping_timeout"  // it stopped answering pings: a dead peer
-	CauseRateLimit    = "rate_limit"    // it sent messages faster than allowed
 )
 
 var closeCauses = []string{
 	CauseClient, CauseNetwork, CauseKick, CauseShutdown, CauseReplaced, CauseSlowConsumer,
 	CauseTooBig, CauseProtocol, CauseBacklog, CauseGatewayFull, CauseTimeout, CauseAPIGaveUp,
-	CauseIdle, CausePingTimeout, CauseRateLimit,
+	CauseIdle, CausePingTimeout,
 }
 
 // Message sources, the label values of ws2api_messages_out_total.

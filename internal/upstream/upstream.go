@@ -14,6 +14,7 @@ import (
 	"fmt"
 	"net"
 	"net/url"
+	"strconv"
 	"strings"
 	"time"
 
@@ -34,6 +35,31 @@ type Request struct {
 	Header      []Header
 	ContentType string
 	Body        []byte
+	// Key, if set, is sent as the Idempotency-Key header.
+	Key Key
+}
+
+// Key is a request's Idempotency-Key, <Prefix>.<Seq>: the gateway's
+// connection id and that connection's count of messages, so that each is
+// unique to one message and the same on every re-send of it. It is
+// written straight into the request, so a message costs no allocation.
+type Key struct {
+	Prefix string
+	Seq    uint64
+}
+
+// String returns the header's value, or "" for no key.
+func (k Key) String() string {
+	if k.Prefix == "" {
+		return ""
+	}
+	return string(k.append(nil))
+}
+
+func (k Key) append(b []byte) []byte {
+	b = append(b, k.Prefix...)
+	b = append(b, '.')
+	return strconv.AppendUint(b, k.Seq, 10)
 }
 
 // Response is the API's answer.

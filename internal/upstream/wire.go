@@ -26,6 +26,11 @@ func appendRequest(b []byte, r *Request, host, base string) []byte {
 		b = append(b, h.Value...)
 		b = append(b, "\r\n"...)
 	}
+	if r.Key.Prefix != "" {
+		b = append(b, HeaderIdempotencyKey+": "...)
+		b = r.Key.append(b)
+		b = append(b, "\r\n"...)
+	}
 	if r.ContentType != "" {
 		b = append(b, "Content-Type: "...)
 		b = append(b, r.ContentType...)

@@ -10,7 +10,7 @@ import (
 
 func TestAppendRequestIsReadableByNetHTTP(t *testing.T) {
 	r := &Request{
-		Method: "POST", Path: "CP%2F1", ContentType: "text/plain; charset=utf-8", Body: []byte("hello"),
+		Method: "POST", Path: "CP%2F1", ContentType: "text/plain; charset=utf-8", Body: []byte("hello"), Key: Key{Prefix: "abc-1", Seq: 42},
 		Header: []Header{{Name: "X-Ws2api-Connection-Id", Value: "abc-1"}, {Name: "X-Ws2api-Meta-User", Value: "42"}},
 	}
 	get := &Request{Method: "GET", Path: "CP1", Query: "a=1&b=2", Header: []Header{{Name: "Origin", Value: "https://x"}}}
@@ -31,6 +31,9 @@ func TestAppendRequestIsReadableByNetHTTP(t *testing.T) {
 			t.Fatalf("request %d: %v", i, err)
 		}
 		body, _ := io.ReadAll(req.Body)
+		if i == 0 && req.Header.Get("Idempotency-Key") != "abc-1.42" {
+			t.Errorf("request %d: Idempotency-Key %q", i, req.Header.Get("Idempotency-Key"))
+		}
 		if req.Method != w.method || req.RequestURI != w.uri || string(body) != w.body || req.Header.Get("Content-Type") != w.ct || req.Host != "api:8000" {
 			t.Errorf("request %d: %s %s body %q ct %q host %q", i, req.Method, req.RequestURI, body, req.Header.Get("Content-Type"), req.Host)
 		}
