@@ -6,21 +6,25 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"os"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/ws2api/ws2api/internal/cluster"
+	"github.com/ws2api/ws2api/internal/control"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/upstream"
 )
 
 // config is everything the flags (or WS2API_* variables) decide.
 type config struct {
-	// demoPage, set by `ws2api demo` (not a flag), renders the page the
-	// public listener serves at GET /, given the control listener's port.
-	demoPage func(controlPort int) []byte
+	// demoPages, set by `ws2api demo` (not a flag), renders the demo's
+	// page, which the control listener serves at GET /debug/demo, and the
+	// note that the public listener answers GET / with, given the
+	// listeners' addresses.
+	demoPages func(public, control net.Addr) (page, note []byte)
 
 	listen        string
 	api           string
@@ -38,21 +42,25 @@ type config struct {
 	maxPending      byteSize
 	maxPendingTotal byteSize
 	maxOutgoing     byteSize
+	maxOutTotal     byteSize
 	maxHeader       byteSize
 
 	handshakeTimeout time.Duration
 	drainTimeout     time.Duration
 	forwardHeaders   string
+	trustedProxies   string
 
-	controlToken string
-	tlsCert      string
-	tlsKey       string
-	origins      string
-	maxConns     int
-	maxMsgRate   float64
-	idleTimeout  time.Duration
-	pingInterval time.Duration
-	pingTimeout  time.Duration
+	controlToken  string
+	controlHosts  string
+	tlsCert       string
+	tlsKey        string
+	origins       string
+	maxConns      int
+	maxConnecting int
+	maxMsgRate    float64
+	idleTimeout   time.Duration
+	pingInterval  time.Duration
+	pingTimeout   time.Duration
 
 	redis         string
 	clusterPrefix string
@@ -80,10 +88,10 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Listeners", []string{"listen", "control", "api", "api-file"}},
-	{"Security", []string{"control-token", "tls-cert", "tls-key", "origins"}},
+	{"Security", []string{"control-token", "control-hosts", "tls-cert", "tls-key", "origins"}},
 	{"Cluster", []string{"redis", "cluster-prefix", "relay-timeout"}},
-	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers"}},
-	{"Limits", []string{"max-conns", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
+	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers", "trusted-proxies"}},
+	{"Limits", []string{"max-conns", "max-connecting", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-outgoing-total", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
 
@@ -106,18 +114,22 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.DurationVar(&cfg.retryMax, "retry-max", 5*time.Second, "longest wait between retries")
 	fs.DurationVar(&cfg.retryGiveUp, "retry-give-up", 5*time.Minute, "how long a message may keep failing before its client is closed with 1013")
 	fs.StringVar(&cfg.forwardHeaders, "forward-headers", strings.Join(gateway.DefaultForwardHeaders, ","), "client handshake `headers` sent on with the connect GET (comma-separated)")
-	cfg.maxMessage, cfg.maxPending, cfg.maxPendingTotal, cfg.maxOutgoing, cfg.maxHeader = 1<<20, 5<<20, 1<<30, 4<<20, 8<<10
+	fs.StringVar(&cfg.trustedProxies, "trusted-proxies", "", "peers whose X-Forwarded-For (appended to), X-Forwarded-Proto and X-Forwarded-Host are passed on, comma-separated `CIDRs` or addresses (127.0.0.1, 10.0.0.0/8); from others they are replaced by ws2api's own")
+	cfg.maxMessage, cfg.maxPending, cfg.maxPendingTotal, cfg.maxOutgoing, cfg.maxOutTotal, cfg.maxHeader = 1<<20, 5<<20, 1<<30, 4<<20, 1<<30, 8<<10
 	fs.Var(&cfg.maxMessage, "max-message-size", "largest message either way; a client sending more is closed with 1009 (`bytes`, e.g. 64KiB)")
 	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API, each counted as its size plus 256; past it the client is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxPendingTotal, "max-pending-total", "all clients' messages waiting for the API, counted as for -max-pending; past it a client that sends is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
+	fs.Var(&cfg.maxOutTotal, "max-outgoing-total", "bytes waiting to be written to all clients; a write past it first closes the clients with the largest backlogs as slow consumers (`bytes`)")
 	fs.Var(&cfg.maxHeader, "max-header-size", "largest upgrade request head (`bytes`)")
 	fs.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to send its upgrade request")
 	fs.StringVar(&cfg.controlToken, "control-token", "", "every control request but GET /healthz must carry Authorization: Bearer `token`; 401 otherwise")
+	fs.StringVar(&cfg.controlHosts, "control-hosts", "", "without -control-token, the control listener answers only requests whose Host is localhost or an IP address, against DNS rebinding; more host `names` it answers to, comma-separated (421 otherwise)")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve wss on -listen with this PEM certificate chain `file` (with -tls-key); SIGHUP reloads both")
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key `file` for -tls-cert")
 	fs.StringVar(&cfg.origins, "origins", "", "browser origins allowed to connect, comma-separated `list` (https://app.example.com, https://*.example.com, null); another Origin is refused with 403; clients sending none are not affected")
 	fs.IntVar(&cfg.maxConns, "max-conns", 0, "most clients connected at once; an upgrade past it is answered 503 (0: the open-file limit less 1024)")
+	fs.IntVar(&cfg.maxConnecting, "max-connecting", 4096, "most upgrades waiting for the API's answer to their connect GET; one past it is answered 503 with Retry-After")
 	fs.Float64Var(&cfg.maxMsgRate, "max-msg-rate", 100, "messages per second of one client sent to the API, a second's worth at once; a client sending faster is paced: its messages wait their turn within -max-pending (0: no limit)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a client with 1001 after this long without a message either way; pings do not count (0: never)")
 	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping)")
@@ -141,7 +153,7 @@ to your API, and lets the API push to any client with one HTTP POST.
 
 Usage:
   ws2api [flags]            run the gateway
-  ws2api demo [flags]       try it: the gateway, an echo API and a page at http://127.0.0.1:7001/
+  ws2api demo [flags]       try it: the gateway, an echo API and a page at http://127.0.0.1:7002/debug/demo
   ws2api bench [flags]      run the load tool (ws2api bench -h)
   ws2api version            print the version
 
@@ -246,7 +258,7 @@ func (c *config) check() error {
 		v    byteSize
 	}{
 		{"max-message-size", c.maxMessage}, {"max-pending", c.maxPending}, {"max-pending-total", c.maxPendingTotal},
-		{"max-outgoing", c.maxOutgoing}, {"max-header-size", c.maxHeader},
+		{"max-outgoing", c.maxOutgoing}, {"max-outgoing-total", c.maxOutTotal}, {"max-header-size", c.maxHeader},
 	} {
 		if b.v <= 0 {
 			return bad(b.name, "must be positive")
@@ -261,11 +273,17 @@ func (c *config) check() error {
 	if strings.ContainsAny(c.controlToken, " \t\r\n") {
 		return bad("control-token", "must not contain spaces or line breaks")
 	}
+	if err := control.CheckHosts(c.controlHostList()); err != nil {
+		return bad("control-hosts", err.Error())
+	}
 	if err := gateway.CheckOrigins(c.originList()); err != nil {
 		return bad("origins", err.Error())
 	}
 	if c.maxConns < 0 {
 		return bad("max-conns", "must not be negative")
+	}
+	if c.maxConnecting < 1 {
+		return bad("max-connecting", "must be at least 1")
 	}
 	if c.maxMsgRate < 0 || c.maxMsgRate != c.maxMsgRate {
 		return bad("max-msg-rate", "must not be negative")
@@ -299,11 +317,24 @@ func (c *config) check() error {
 		return bad("log-format", "must be text or json")
 	}
 	for h := range strings.SplitSeq(c.forwardHeaders, ",") {
-		if h = strings.TrimSpace(h); strings.HasPrefix(strings.ToLower(h), "x-ws2api-") {
-			return bad("forward-headers", h+": clients may never set X-Ws2api-* headers")
+		if h = strings.TrimSpace(h); h != "" {
+			if err := gateway.CheckForwardHeader(h); err != nil {
+				return bad("forward-headers", err.Error())
+			}
 		}
 	}
+	if _, err := gateway.ParseTrustedProxies(c.trustedProxyList()); err != nil {
+		return bad("trusted-proxies", err.Error())
+	}
 	return nil
+}
+
+// trustedProxyList splits -trusted-proxies.
+func (c *config) trustedProxyList() []string {
+	if c.trustedProxies == "" {
+		return nil
+	}
+	return strings.Split(c.trustedProxies, ",")
 }
 
 // originList splits -origins.
@@ -312,6 +343,14 @@ func (c *config) originList() []string {
 		return nil
 	}
 	return strings.Split(c.origins, ",")
+}
+
+// controlHostList splits -control-hosts.
+func (c *config) controlHostList() []string {
+	if c.controlHosts == "" {
+		return nil
+	}
+	return strings.Split(c.controlHosts, ",")
 }
 
 // backends returns the API base URLs: from -api-file if set, else -api.

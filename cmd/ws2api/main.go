@@ -194,9 +194,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		publicLn.Close()
 		return fmt.Errorf("control listener: %w", err)
 	}
-	var page []byte
-	if cfg.demoPage != nil {
-		page = cfg.demoPage(controlLn.Addr().(*net.TCPAddr).Port)
+	var demoPage, demoNote []byte
+	if cfg.demoPages != nil {
+		demoPage, demoNote = cfg.demoPages(publicLn.Addr(), controlLn.Addr())
 	}
 	gw, err := gateway.New(gateway.Options{
 		Loop:             lp,
@@ -208,17 +208,20 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		MaxPendingBytes:  int64(cfg.maxPending),
 		MaxPendingTotal:  int64(cfg.maxPendingTotal),
 		MaxOutgoingBytes: int(cfg.maxOutgoing),
+		MaxOutgoingTotal: int64(cfg.maxOutTotal),
 		MaxHeaderBytes:   int(cfg.maxHeader),
 		HandshakeTimeout: cfg.handshakeTimeout,
 		ForwardHeaders:   strings.Split(cfg.forwardHeaders, ","),
+		TrustedProxies:   cfg.trustedProxyList(),
 		MaxConns:         cfg.maxConns,
+		MaxConnecting:    cfg.maxConnecting,
 		MaxMessageRate:   cfg.maxMsgRate,
 		PingInterval:     cfg.pingInterval,
 		PingTimeout:      cfg.pingTimeout,
 		IdleTimeout:      cfg.idleTimeout,
 		Origins:          cfg.originList(),
 		TLS:              tlsConfig,
-		Page:             page,
+		Page:             demoNote,
 	})
 	if err != nil {
 		publicLn.Close()
@@ -242,7 +245,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		gw.SetPresence(bus)
 	}
 
-	ctlOpts := control.Options{Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken}
+	ctlOpts := control.Options{Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken,
+		Hosts: cfg.controlHostList(), Page: demoPage}
 	if bus != nil {
 		ctlOpts.Relay = bus
 	}
@@ -256,8 +260,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
 		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
 		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns(), "node", gw.Node(), "cluster", bus != nil)
-	if cfg.demoPage != nil {
-		log.Info("demo: open the page in a browser (Ctrl-C stops it)", "url", "http://"+browsable(publicLn.Addr().String())+"/")
+	if cfg.demoPages != nil {
+		log.Info("demo: open the page in a browser (Ctrl-C stops it)", "url", demoURL(controlLn.Addr()))
 	}
 	if cfg.controlToken == "" && !loopback(controlLn.Addr()) {
 		log.Warn("the control listener is not on a loopback address and has no -control-token: anyone who reaches it can push to, read and close every client",

@@ -56,12 +56,14 @@ type conn struct {
 
 	mu    sync.Mutex
 	state connState
-	in    []byte     // bytes read but not yet used: part of a head or of a frame
-	rd    ws.Reader  // joins fragmented messages
-	hs    *handshake // while the API decides
+	in    []byte            // bytes read but not yet used: part of a head or of a frame
+	rd    ws.Reader         // joins fragmented messages
+	hs    *handshake        // while the API decides
+	get   *upstream.Request // the connect GET, while it waits or is in flight
 
 	// Set at upgrade.
-	id          string
+	id          string // canonical (id.go)
+	path        string // id escaped for the API's URLs, once: a message costs no escaping
 	subprotocol string
 	userAgent   string            // interned: many clients share one
 	groups      []string          // the groups it is in
@@ -71,6 +73,9 @@ type conn struct {
 	lastRead    atomic.Int64 // the keeper's clock when a byte last came in (keepalive.go)
 	pingSent    atomic.Int64 // the keeper's clock when it pinged, 0 once answered
 	rateTAT     int64        // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
+	ctlTAT      int64        // the same for the ping and pong frames answered (keepalive.go)
+	floodTAT    int64        // the same for every ping and pong, at ten times the rate (keepalive.go)
+	outq        atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
 	msgsIn      atomic.Uint64
 	msgsOut     atomic.Uint64
 
@@ -169,6 +174,13 @@ func (c *conn) readHead(data []byte) {
 		c.rejectLocked(&reject{status: 503, text: "too many connections", header: "Retry-After: 5\r\n"})
 		return
 	}
+	if s.connecting.Add(1) > int64(s.opts.MaxConnecting) {
+		s.connecting.Add(-1)
+		s.admitted.Add(-1)
+		s.warn.Warn(s.log, "connection refused: -max-connecting upgrades already wait for the API", "max_connecting", s.opts.MaxConnecting)
+		c.rejectLocked(&reject{status: 503, text: "too many upgrades waiting for the API", header: "Retry-After: 5\r\n"})
+		return
+	}
 	c.admitted = true
 	c.in = append([]byte(nil), c.in[n:]...)
 	if len(c.in) == 0 {
@@ -179,7 +191,32 @@ func (c *conn) readHead(data []byte) {
 	// The API's own timeout bounds the wait from here on.
 	_ = c.sock.SetReadDeadline(time.Time{})
 	s.apiWork.Add(1)
-	s.opts.API.Do(&upstream.Request{Method: "GET", Path: hs.id, Query: hs.query, Header: hs.header}, c.authorized)
+	c.get = &upstream.Request{Method: "GET", Path: hs.path, Query: hs.query, Header: hs.header}
+	s.opts.API.Do(c.get, c.authorized)
+}
+
+// abandonLocked is a client gone before the API answered its connect GET:
+// a GET still waiting for a connection to the API leaves the line at once,
+// and the API never hears of that client. One already sent runs its
+// course (authorized then sends a DELETE if the API accepted it). Until
+// then the GET counts against MaxConns and MaxConnecting.
+func (c *conn) abandonLocked() {
+	if c.get == nil || !c.s.opts.API.Cancel(c.get) {
+		return
+	}
+	c.get, c.hs = nil, nil
+	c.connectDone()
+	c.s.apiWork.Add(-1)
+}
+
+// connectDone ends the connect GET's hold on MaxConnecting, and on
+// MaxConns if the client is gone.
+func (c *conn) connectDone() {
+	c.s.connecting.Add(-1)
+	if c.state == stClosed && c.admitted {
+		c.admitted = false
+		c.s.admitted.Add(-1)
+	}
 }
 
 // authorized receives the API's answer to the connect GET and completes or
@@ -189,7 +226,8 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	defer s.apiWork.Add(-1)
 	c.mu.Lock()
 	hs := c.hs
-	c.hs = nil
+	c.hs, c.get = nil, nil
+	c.connectDone()
 	rej, protocol, meta, groups := decide(hs, resp, err)
 	if rej != nil && rej.status >= 500 { // the API failed, as opposed to refusing the client
 		var why any = rej.text
@@ -215,7 +253,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 		if accepted {
 			// The API accepted a connection that will never open: it
 			// must still hear of its end.
-			c.deleteUnborn(hs.id, meta, end)
+			c.deleteUnborn(hs.id, hs.path, meta, end)
 		}
 		return
 	}
@@ -225,7 +263,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.state = stOpen
 	c.upgraded = true
 	s.deletesDue.Add(1)
-	c.id = hs.id
+	c.id, c.path = hs.id, hs.path
 	c.subprotocol = protocol
 	c.userAgent = intern(hs.userAgent)
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
@@ -242,7 +280,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	s.m.ConnectionsOpened.Inc()
 	s.m.Connections.Inc()
 	// A failed write closes the socket; onClose then sends the DELETE.
-	_, _ = c.sock.Write(appendSwitching(nil, hs.key, protocol))
+	_ = c.writeLocked(nil, appendSwitching(nil, hs.key, protocol))
 	if s.draining.Load() {
 		// Shutdown began after the check above and its sweep may have
 		// missed this connection.
@@ -294,7 +332,7 @@ func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, pro
 // rejectLocked answers the upgrade request with an error and closes.
 func (c *conn) rejectLocked(r *reject) {
 	c.s.m.Reject(r.status)
-	_, _ = c.sock.Write(appendReject(nil, r))
+	_ = c.writeLocked(nil, appendReject(nil, r))
 	c.state = stClosing
 	c.discard = true
 	c.in = nil
@@ -329,9 +367,11 @@ func (c *conn) readFrames(data []byte) {
 				c.enqueue(m.Op, m.Payload)
 			}
 		case ws.OpPing:
-			if c.state == stOpen {
+			if c.controlFrame() && c.state == stOpen {
 				_ = c.writeFrameLocked(ws.OpPong, m.Payload)
 			}
+		case ws.OpPong:
+			c.controlFrame()
 		case ws.OpClose:
 			c.peerClosed(m.Payload)
 			return
@@ -416,9 +456,14 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	if c.state == stClosed {
 		return
 	}
+	authorizing := c.state == stAuthorizing
 	c.state = stClosed
 	c.in = nil
-	if c.admitted {
+	c.retireOut()
+	if authorizing {
+		c.abandonLocked()
+	}
+	if c.admitted && c.get == nil { // a GET in flight keeps its place until answered
 		c.admitted = false
 		s.admitted.Add(-1)
 	}
@@ -427,6 +472,8 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	}
 	if !c.ended {
 		switch {
+		case errors.Is(err, errShed):
+			c.setEnd(closeOutgoingTotal)
 		case errors.Is(err, nbio.ErrOverflow):
 			c.setEnd(closeInfo{code: ws.ClosePolicyViolation, reason: "slow consumer", cause: metrics.CauseSlowConsumer})
 		case errors.Is(err, nbio.ErrReadTimeout):
@@ -470,16 +517,15 @@ func errText(err error) string {
 
 // writeFrameLocked writes one whole frame to the client. Small frames are
 // encoded into a pooled buffer and written with one call; nbio keeps what
-// the kernel does not take.
+// the kernel does not take, counted in c's backlog (outgoing.go).
 func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 	if len(payload) > pooledFrameMax {
 		var hdr [ws.MaxHeaderLen]byte
-		_, err := c.sock.Writev([][]byte{ws.AppendHeader(hdr[:0], op, true, len(payload), nil), payload})
-		return err
+		return c.writeLocked(ws.AppendHeader(hdr[:0], op, true, len(payload), nil), payload)
 	}
 	bp := framePool.Get().(*[]byte)
 	b := ws.AppendFrame((*bp)[:0], op, payload, nil)
-	_, err := c.sock.Write(b)
+	err := c.writeLocked(nil, b)
 	*bp = b[:0]
 	framePool.Put(bp)
 	return err

@@ -317,4 +317,5 @@ func TestTLSListener(t *testing.T) {
 type noAPI struct{}
 
 func (noAPI) Do(*upstream.Request, func(*upstream.Response, error)) {}
+func (noAPI) Cancel(*upstream.Request) bool                         { return false }
 func (noAPI) Close()                                                {}

@@ -23,7 +23,8 @@ type heldAPI struct {
 func (h *heldAPI) Do(r *upstream.Request, done func(*upstream.Response, error)) {
 	h.r, h.done = r, done
 }
-func (h *heldAPI) Close() {}
+func (h *heldAPI) Cancel(*upstream.Request) bool { return false }
+func (h *heldAPI) Close()                        {}
 
 // openConn returns a gateway connection in the open state whose socket's
 // other end is peer.
@@ -52,7 +53,7 @@ func openConn(tb testing.TB, api upstream.Client) (c *conn, peer int) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c = &conn{s: s, sock: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, id: "CP1"}
+	c = &conn{s: s, sock: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, id: "CP1", path: "CP1"}
 	c.apiHeader = []upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}
 	if _, err := lp.Add(nc, c); err != nil {
 		tb.Fatal(err)

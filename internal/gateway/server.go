@@ -34,14 +34,13 @@ import (
 	"log/slog"
 	mrand "math/rand/v2"
 	"net"
+	"net/netip"
 	"runtime"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
 
-	"github.com/ws2api/ws2api/internal/http1"
 	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
@@ -81,6 +80,11 @@ type Options struct {
 	// (beyond what the kernel holds); a client that lets more pile up is
 	// closed as a slow consumer. Default 4 MiB.
 	MaxOutgoingBytes int
+	// MaxOutgoingTotal bounds the bytes waiting to be written to all
+	// clients, counted the same way: a write that would pass it first
+	// closes the clients with the largest backlogs, as slow consumers,
+	// until the total is three quarters of it (outgoing.go). Default 1 GiB.
+	MaxOutgoingTotal int64
 	// MaxHeaderBytes bounds an upgrade request's head. Default 8 KiB.
 	MaxHeaderBytes int
 	// HandshakeTimeout bounds the time from accept to a complete request
@@ -105,6 +109,11 @@ type Options struct {
 	// upgrade past it is answered 503. Default: the process's open-file
 	// limit less 1,024 (kept for the API and control connections).
 	MaxConns int
+	// MaxConnecting bounds the upgrades whose connect GET waits for the API
+	// or is in flight; an upgrade past it is answered 503 with Retry-After,
+	// so that a slow API cannot make handshakes (and their cookies) pile up.
+	// Default 4096.
+	MaxConnecting int
 	// MaxMessageRate bounds the messages per second of one client that go
 	// to the API, averaged over a second (a burst of that many is allowed);
 	// the messages of a client sending faster wait their turn in its queue,
@@ -124,6 +133,13 @@ type Options struct {
 	// start with "*." for any subdomain, or "null". Clients that send no
 	// Origin (devices, servers) are not affected.
 	Origins []string
+
+	// TrustedProxies are the peers (CIDRs or addresses: 10.0.0.0/8,
+	// 127.0.0.1) whose X-Forwarded-For, X-Forwarded-Proto and
+	// X-Forwarded-Host are passed on to the API (X-Forwarded-For with the
+	// peer appended). From any other peer they are dropped and ws2api sets
+	// its own (forwarded.go). Default: none.
+	TrustedProxies []string
 
 	// Presence, when set, hears of every id that connects to this node and
 	// every id that leaves it (internal/cluster keeps the cluster's map of
@@ -190,30 +206,21 @@ func (o Options) withDefaults() (Options, error) {
 	if o.ForwardHeaders == nil {
 		o.ForwardHeaders = DefaultForwardHeaders
 	}
-	fwd := make([]string, 0, len(o.ForwardHeaders))
-	for _, h := range o.ForwardHeaders {
-		h = http1.CanonicalName(strings.TrimSpace(h))
-		if h == "" {
-			continue
-		}
-		if !http1.ValidToken(h) {
-			return o, fmt.Errorf("gateway: forwarded header %q is not a valid header name", h)
-		}
-		if strings.HasPrefix(h, "X-Ws2api-") {
-			return o, fmt.Errorf("gateway: forwarded header %q: clients may never set X-Ws2api-* headers", h)
-		}
-		switch h {
-		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host":
-			continue // always sent, computed by ws2api
-		}
-		fwd = append(fwd, h)
+	var err error
+	if o.ForwardHeaders, err = forwardHeaders(o.ForwardHeaders); err != nil {
+		return o, err
 	}
-	o.ForwardHeaders = fwd
+	if o.MaxOutgoingTotal <= 0 {
+		o.MaxOutgoingTotal = 1 << 30
+	}
 	if o.Pollers <= 0 {
 		o.Pollers = runtime.NumCPU()
 	}
 	if o.MaxConns <= 0 {
 		o.MaxConns = DefaultMaxConns()
+	}
+	if o.MaxConnecting <= 0 {
+		o.MaxConnecting = 4096
 	}
 	if o.MaxMessageRate < 0 || o.PingInterval < 0 || o.IdleTimeout < 0 {
 		return o, errors.New("gateway: MaxMessageRate, PingInterval and IdleTimeout must not be negative")
@@ -247,10 +254,15 @@ type Server struct {
 	node    string        // random per process: makes connection ids unique across restarts
 	connSeq atomic.Uint64 // last connection number handed out
 
-	draining atomic.Bool
-	admitted atomic.Int64 // connections past their request head, for MaxConns
-	apiWork  atomic.Int64 // connections with a request to the API in flight or due
-	origins  originList
+	draining   atomic.Bool
+	admitted   atomic.Int64 // connections past their request head, for MaxConns
+	connecting atomic.Int64 // connect GETs waiting or in flight, for MaxConnecting
+	apiWork    atomic.Int64 // connections with a request to the API in flight or due
+	origins    originList
+	trusted    []netip.Prefix // Options.TrustedProxies
+
+	outgoing atomic.Int64 // bytes waiting to be written to clients, for MaxOutgoingTotal (outgoing.go)
+	shedMu   sync.Mutex   // one shed at a time
 
 	// deletesDue counts the connections the API accepted whose DELETE it
 	// has not answered yet (open ones included): what a cut-short drain
@@ -297,6 +309,11 @@ func New(opts Options) (*Server, error) {
 	if s.origins, err = parseOrigins(opts.Origins); err != nil {
 		return nil, fmt.Errorf("gateway: %w", err)
 	}
+	if s.trusted, err = ParseTrustedProxies(opts.TrustedProxies); err != nil {
+		return nil, fmt.Errorf("gateway: trusted proxy %w", err)
+	}
+	s.m.Gauge("ws2api_outgoing_bytes", "Bytes waiting to be written to clients, beyond what the kernel holds (bounded by -max-outgoing-total).",
+		func() float64 { return float64(s.outgoing.Load()) })
 	if opts.MaxMessageRate > 0 {
 		s.rateInterval = max(int64(float64(time.Second)/opts.MaxMessageRate), 1)
 	}
@@ -516,6 +533,10 @@ func (p *pendingGauge) reserve(n, max int64) bool {
 	p.m.PendingBytes.Set(float64(p.bytes.Add(n)))
 	return true
 }
+
+// Connecting is the number of upgrades whose connect GET waits for the API
+// or is in flight (bounded by Options.MaxConnecting).
+func (s *Server) Connecting() int { return int(s.connecting.Load()) }
 
 // MaxConns is the bound on connected clients in force (Options.MaxConns,
 // or its default).

@@ -99,7 +99,8 @@ type HostClient struct {
 	conns   map[*apiConn]struct{} // every open connection
 	idle    []*apiConn            // open with nothing in flight, most recently used last
 	dialing int
-	waiting []*call // no connection could take them yet, oldest first
+	waiting []*call // no connection could take them yet, oldest first; canceled ones are skipped
+	queued  map[*Request]*call // the waiting calls that are not canceled, for Cancel
 	closed  bool
 	warned  map[string]bool // causes already logged
 
@@ -113,6 +114,7 @@ type call struct {
 	start    time.Time // queued by Do: the timeout runs from here
 	sent     time.Time // written on its current connection
 	requeued bool      // sent again once after a keep-alive connection closed under it
+	canceled bool      // left the queue through Cancel: skipped, never sent
 }
 
 var _ Client = (*HostClient)(nil)
@@ -127,7 +129,7 @@ func NewHostClient(opts HostOptions) (*HostClient, error) {
 	}
 	h := &HostClient{
 		opts: opts, host: u.Host, addr: u.Host, base: u.EscapedPath(),
-		conns: map[*apiConn]struct{}{}, warned: map[string]bool{}, stop: make(chan struct{}),
+		conns: map[*apiConn]struct{}{}, queued: map[*Request]*call{}, warned: map[string]bool{}, stop: make(chan struct{}),
 	}
 	if u.Port() == "" {
 		port := "80"
@@ -176,9 +178,63 @@ func (h *HostClient) submit(c *call) {
 		pc.send(c)
 		return
 	}
-	h.waiting = append(h.waiting, c)
+	h.queue(c)
 	h.maybeDial()
 	h.mu.Unlock()
+}
+
+// queue puts c at the end of the waiting line. h.mu is held.
+func (h *HostClient) queue(c *call) {
+	h.waiting = append(h.waiting, c)
+	h.queued[c.r] = c
+}
+
+// dequeue takes the oldest waiting call that is not canceled, or nil.
+// h.mu is held.
+func (h *HostClient) dequeue() *call {
+	for len(h.waiting) > 0 {
+		c := h.waiting[0]
+		h.waiting[0] = nil
+		h.waiting = h.waiting[1:]
+		if c.canceled {
+			callPool.Put(c)
+			continue
+		}
+		delete(h.queued, c.r)
+		return c
+	}
+	h.waiting = nil
+	return nil
+}
+
+// takeWaiting empties the waiting line and returns its calls that are not
+// canceled. h.mu is held.
+func (h *HostClient) takeWaiting() []*call {
+	var out []*call
+	for c := h.dequeue(); c != nil; c = h.dequeue() {
+		out = append(out, c)
+	}
+	return out
+}
+
+// Cancel implements [Client]: a request still waiting for a connection
+// leaves the line at once, and what it holds is freed.
+func (h *HostClient) Cancel(r *Request) bool {
+	h.mu.Lock()
+	c, ok := h.queued[r]
+	if ok {
+		delete(h.queued, r)
+		c.canceled = true
+		method, start := r.Method, c.start
+		c.r, c.done = nil, nil // the line keeps only this empty call until it is skipped
+		h.mu.Unlock()
+		if o := h.opts.Observer; o != nil {
+			o.Finished(method, time.Since(start), false)
+		}
+		return true
+	}
+	h.mu.Unlock()
+	return false
 }
 
 // takeIdle returns the most recently used idle connection that is still
@@ -201,7 +257,7 @@ const maxDialing = 16
 // maybeDial opens connections for the waiting requests, as the limits
 // allow: one per request that no dial under way will take. h.mu is held.
 func (h *HostClient) maybeDial() {
-	for len(h.waiting) > h.dialing && h.dialing < maxDialing && len(h.conns)+h.dialing < h.opts.MaxConns {
+	for len(h.queued) > h.dialing && h.dialing < maxDialing && len(h.conns)+h.dialing < h.opts.MaxConns {
 		h.dialing++
 		h.wg.Add(1)
 		go h.dial()
@@ -230,8 +286,7 @@ func (h *HostClient) dial() {
 		// Pool gives it to another backend at once, and the gateway's
 		// retry backs off. None is left waiting for a connection that
 		// may never come.
-		failed := h.waiting
-		h.waiting = nil
+		failed := h.takeWaiting()
 		h.mu.Unlock()
 		if pc != nil {
 			pc.fail(err, false)
@@ -242,12 +297,8 @@ func (h *HostClient) dial() {
 		return
 	}
 	h.conns[pc] = struct{}{}
-	var c *call
-	if len(h.waiting) > 0 {
-		c = h.waiting[0]
-		h.waiting[0] = nil
-		h.waiting = h.waiting[1:]
-	} else {
+	c := h.dequeue()
+	if c == nil {
 		h.idle = append(h.idle, pc)
 	}
 	h.maybeDial()
@@ -310,10 +361,7 @@ func (h *HostClient) release(pc *apiConn) {
 		h.mu.Unlock()
 		return
 	}
-	if len(h.waiting) > 0 {
-		c := h.waiting[0]
-		h.waiting[0] = nil
-		h.waiting = h.waiting[1:]
+	if c := h.dequeue(); c != nil {
 		h.mu.Unlock()
 		pc.send(c)
 		return
@@ -402,8 +450,7 @@ func (h *HostClient) finish(c *call, resp *Response, err error) {
 // another backend).
 func (h *HostClient) failWaiting(err error) {
 	h.mu.Lock()
-	failed := h.waiting
-	h.waiting = nil
+	failed := h.takeWaiting()
 	h.mu.Unlock()
 	for _, c := range failed {
 		h.finish(c, nil, err)
@@ -428,9 +475,13 @@ func (h *HostClient) janitor() {
 		var expired []*call
 		keep := h.waiting[:0]
 		for _, c := range h.waiting {
-			if now.Sub(c.start) > h.opts.Timeout {
+			switch {
+			case c.canceled:
+				callPool.Put(c)
+			case now.Sub(c.start) > h.opts.Timeout:
+				delete(h.queued, c.r)
 				expired = append(expired, c)
-			} else {
+			default:
 				keep = append(keep, c)
 			}
 		}
@@ -465,7 +516,7 @@ var errIdle = errors.New("idle connection closed")
 func (h *HostClient) Idle() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.waiting) == 0 && h.dialing == 0 && len(h.idle) == len(h.conns)
+	return len(h.queued) == 0 && h.dialing == 0 && len(h.idle) == len(h.conns)
 }
 
 // Close fails every waiting request with [ErrClosed] and closes the
@@ -477,8 +528,7 @@ func (h *HostClient) Close() {
 		return
 	}
 	h.closed = true
-	waiting := h.waiting
-	h.waiting = nil
+	waiting := h.takeWaiting()
 	conns := make([]*apiConn, 0, len(h.conns))
 	for pc := range h.conns {
 		conns = append(conns, pc)

@@ -315,3 +315,47 @@ func TestHostClientAnswersMatchWhenSentFromManyGoroutines(t *testing.T) {
 	}
 	wg.Wait()
 }
+
+// A request canceled while it waits for a connection never reaches the
+// API and its callback never runs; one already sent is not canceled.
+func TestHostClientCancelTakesAWaitingRequestOutOfLine(t *testing.T) {
+	t.Parallel()
+	release := make(chan struct{})
+	var seen sync.Map
+	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		seen.Store(r.URL.Path, true)
+		<-release
+		fmt.Fprint(w, "done")
+	})
+	p := newTestClient(t, HostOptions{BaseURL: srv.URL, MaxConns: 1})
+	first := &Request{Method: "GET", Path: "first"}
+	answered := make(chan result, 1)
+	p.Do(first, func(resp *Response, err error) { answered <- result{err: err} })
+	for {
+		if _, ok := seen.Load("/first"); ok {
+			break
+		}
+		time.Sleep(time.Millisecond)
+	}
+	second := &Request{Method: "GET", Path: "second"}
+	p.Do(second, func(*Response, error) { t.Error("the canceled request's callback ran") })
+	if p.Cancel(first) {
+		t.Fatal("canceled a request already sent")
+	}
+	if !p.Cancel(second) || p.Cancel(second) {
+		t.Fatal("Cancel of the waiting request: want true once")
+	}
+	close(release)
+	if r := <-answered; r.err != nil {
+		t.Fatal(r.err)
+	}
+	if r := do(p, &Request{Method: "GET", Path: "third"}); r.err != nil || r.body != "done" {
+		t.Fatalf("after the cancel: %+v", r)
+	}
+	if _, ok := seen.Load("/second"); ok {
+		t.Fatal("the canceled request reached the API")
+	}
+	if !p.Idle() {
+		t.Fatal("not idle after the cancel")
+	}
+}

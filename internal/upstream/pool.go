@@ -280,6 +280,24 @@ func (pl *Pool) Do(r *Request, done func(*Response, error)) {
 	b.client.Do(r, try)
 }
 
+// Cancel implements [Client]: r leaves whichever backend's line holds it.
+func (pl *Pool) Cancel(r *Request) bool {
+	for _, b := range *pl.serving.Load() {
+		if b.client.Cancel(r) {
+			return true
+		}
+	}
+	pl.mu.Lock()
+	draining := slices.Clone(pl.draining)
+	pl.mu.Unlock()
+	for _, b := range draining {
+		if b.client.Cancel(r) {
+			return true
+		}
+	}
+	return false
+}
+
 // pick returns the next healthy backend not in skip, else the next one not
 // in skip.
 func (pl *Pool) pick(list, skip []*backend) *backend {

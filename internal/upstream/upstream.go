@@ -100,6 +100,11 @@ type Client interface {
 	// the request. Do never blocks, whatever the API does; r and its body
 	// must stay unchanged until done is called.
 	Do(r *Request, done func(*Response, error))
+	// Cancel takes r out of the line if it is still waiting for a
+	// connection, and reports whether it did: done is then never called,
+	// and nothing of r reaches the API. A request already sent runs its
+	// course.
+	Cancel(r *Request) bool
 	// Close stops the client's goroutines after the requests in flight end.
 	Close()
 }
