@@ -44,8 +44,10 @@ func TestCluster(t *testing.T) {
 	redisURL := "rediss://:" + redisPassword + "@" + redis.addr + "/0"
 	var nodes []*proc
 	for range 3 {
+		// The load balancers run on this machine: their X-Forwarded-*
+		// are trusted, as deploy/systemd/ws2api.env does.
 		nodes = append(nodes, start(t, []string{"SSL_CERT_FILE=" + certFile}, "-api", api.URL(), "-redis", redisURL,
-			"-listen", freeAddr(t), "-control", freeAddr(t)))
+			"-listen", freeAddr(t), "-control", freeAddr(t), "-trusted-proxies", "127.0.0.1"))
 	}
 	for _, n := range nodes {
 		waitBusUp(t, n, true)
@@ -120,6 +122,30 @@ func TestCluster(t *testing.T) {
 		for lb, used := range spread {
 			if len(used) < 2 {
 				t.Errorf("%s put its %d clients on %d node(s)", lb, perLB, len(used))
+			}
+		}
+	})
+
+	t.Run("the API gets the client's address and scheme from the load balancer, not from the client", func(t *testing.T) {
+		for _, lb := range lbs {
+			id := "forged-" + lb.name
+			hdr := http.Header{}
+			hdr.Set("X-Forwarded-For", "203.0.113.9")
+			hdr.Set("X-Forwarded-Proto", "gopher")
+			d := websocket.Dialer{TLSClientConfig: tlsConf, HandshakeTimeout: 5 * time.Second}
+			conn, _, err := d.Dial("wss://"+lb.public+"/"+id, hdr)
+			if err != nil {
+				t.Fatalf("%s through %s: %v", id, lb.name, err)
+			}
+			conn.Close()
+			get := api.WaitFor(5*time.Second, "GET /"+id, func(c testkit.Call) bool { return c.Method == "GET" && c.ID == id })
+			// The client's address as the balancer saw it, then the
+			// balancer's as the node saw it; the balancer's scheme.
+			if xff, xfp := get.Header.Get("X-Forwarded-For"), get.Header.Get("X-Forwarded-Proto"); xff != "127.0.0.1, 127.0.0.1" || xfp != "https" {
+				t.Errorf("through %s the API got X-Forwarded-For %q and X-Forwarded-Proto %q, want \"127.0.0.1, 127.0.0.1\" and https", lb.name, xff, xfp)
+			}
+			if xfh := get.Header.Get("X-Forwarded-Host"); !strings.HasPrefix(lb.public, xfh) || xfh == "" {
+				t.Errorf("through %s the API got X-Forwarded-Host %q, want the host of %s", lb.name, xfh, lb.public)
 			}
 		}
 	})

@@ -5,6 +5,7 @@ import (
 	"context"
 	_ "embed"
 	"fmt"
+	"html"
 	"io"
 	"log/slog"
 	"net"
@@ -15,8 +16,12 @@ import (
 )
 
 // The demo: `ws2api demo` runs the gateway with a built-in echo API and
-// serves a page on the public listener where a person connects, sends
-// messages and pushes. Everything else is the real gateway.
+// serves a page where a person connects, sends messages and pushes.
+// Everything else is the real gateway. The page comes from the control
+// listener (at /debug/demo), so that its pushes are same-origin requests:
+// the control listener refuses those a page of another origin sends
+// (internal/control/admit.go). Its WebSocket goes to the public listener,
+// which answers GET / with a note saying where the page is.
 
 //go:embed demo/index.html
 var demoHTML []byte
@@ -38,8 +43,17 @@ func demo(ctx context.Context, args []string, getenv func(string) string, stdout
 	if err != nil {
 		return err
 	}
-	cfg.demoPage = func(controlPort int) []byte {
-		return bytes.ReplaceAll(demoHTML, []byte("{{CONTROL_PORT}}"), []byte(strconv.Itoa(controlPort)))
+	scheme := "ws"
+	if cfg.tlsCert != "" {
+		scheme = "wss"
+	}
+	cfg.demoPages = func(public, control net.Addr) (page, note []byte) {
+		page = bytes.ReplaceAll(demoHTML, []byte("{{PUBLIC_PORT}}"), []byte(strconv.Itoa(public.(*net.TCPAddr).Port)))
+		page = bytes.ReplaceAll(page, []byte("{{PUBLIC_SCHEME}}"), []byte(scheme))
+		url := html.EscapeString(demoURL(control))
+		note = []byte("<!doctype html>\n<title>ws2api demo</title>\n<p>The demo page is on the control listener, so that its pushes are same-origin: " +
+			"open <code>" + url + "</code> from the address bar. (A link from here would not do: the control listener refuses requests sent by other sites' pages.)</p>\n")
+		return page, note
 	}
 	return startGateway(ctx, cfg, stderr)
 }
@@ -81,6 +95,11 @@ func demoAPI() http.Handler {
 			http.Error(w, "method not allowed", http.StatusMethodNotAllowed)
 		}
 	})
+}
+
+// demoURL is where a browser finds the demo page.
+func demoURL(control net.Addr) string {
+	return "http://" + browsable(control.String()) + "/debug/demo"
 }
 
 // browsable turns a listen address into one a browser can open: an

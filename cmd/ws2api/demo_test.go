@@ -23,13 +23,17 @@ import (
 
 // The README's first command, `ws2api demo`, as a person uses it: real
 // headless Chromium (Debian's chromium, which scripts/deps installs)
-// loads the page from the public listener, connects, sends a message and
-// sees the echo, presses "Push" and sees the push arrive. The screenshot
+// loads the page from the control listener, connects to the public one,
+// sends a message and sees the echo, presses "Push" and sees the push
+// arrive, its same-origin POST answered 200 (no no-cors). The screenshot
 // is kept in artifacts/demo-chromium.png.
 func TestDemoInChromium(t *testing.T) {
 	t.Parallel()
 	p := start(t, nil, "demo")
-	page := "http://" + p.public + "/"
+	page := p.control + "/debug/demo"
+	if _, note := get(t, "http://"+p.public+"/"); !strings.Contains(note, "/debug/demo") {
+		t.Errorf("the public listener's GET / does not say where the page is:\n%s", note)
+	}
 	b := startChromium(t)
 	tab := b.open(t, page)
 
@@ -43,6 +47,7 @@ func TestDemoInChromium(t *testing.T) {
 	before := metricValue(t, p, "ws2api_pushes_total")
 	tab.eval(t, `document.getElementById("push-text").value = "pushed to chromium"; document.getElementById("push").click()`)
 	tab.waitFor(t, `document.getElementById("log").textContent.includes("push received: pushed to chromium")`)
+	tab.waitFor(t, `document.getElementById("log").textContent.includes("control API answered 200 ok")`)
 	if after := metricValue(t, p, "ws2api_pushes_total"); after != before+1 {
 		t.Errorf("ws2api_pushes_total went from %v to %v: the push did not go through the control API", before, after)
 	}
@@ -72,8 +77,9 @@ func TestDemoInChromium(t *testing.T) {
 	tab.eval(t, `document.getElementById("id").value = "bad-1"; document.getElementById("connect").click()`)
 	tab.waitFor(t, `document.getElementById("log").textContent.includes("could not connect")`)
 
-	// The demo API logged the whole story.
-	for _, want := range []string{`"connect accepted"`, `"text":"hello from chromium"`, `"disconnected"`, `"connect refused"`} {
+	// The log gave the page's address, and the demo API logged the whole
+	// story.
+	for _, want := range []string{`"url":"` + page + `"`, `"connect accepted"`, `"text":"hello from chromium"`, `"disconnected"`, `"connect refused"`} {
 		if !strings.Contains(p.logs(), want) {
 			t.Errorf("the demo's log lacks %s", want)
 		}
@@ -102,13 +108,15 @@ type browser struct {
 	port string // its DevTools HTTP port
 }
 
-func startChromium(t *testing.T) *browser {
+// startChromium starts the browser, with extra command-line switches.
+func startChromium(t *testing.T, extra ...string) *browser {
 	t.Helper()
-	cmd := exec.Command(tool(t, "chromium"),
+	args := append([]string{
 		"--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
 		"--disable-background-networking", "--disable-component-update", "--disable-sync",
 		"--disable-dev-shm-usage", "--window-size=1000,900",
-		"--user-data-dir="+t.TempDir(), "--remote-debugging-port=0", "about:blank")
+		"--user-data-dir=" + t.TempDir(), "--remote-debugging-port=0"}, extra...)
+	cmd := exec.Command(tool(t, "chromium"), append(args, "about:blank")...)
 	// Its own process group: the renderers and helpers it starts go with
 	// it (before its profile directory is removed).
 	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}

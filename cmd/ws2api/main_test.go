@@ -200,6 +200,18 @@ func TestBadFlagValuesStopStartupWithOneLineAndExit2(t *testing.T) {
 		{[]string{"-api", "ftp://x/"}, nil, "-api"},
 		{[]string{"-max-conns-per-host", "0"}, nil, "-max-conns-per-host"},
 		{[]string{"-forward-headers", "X-Ws2api-Meta-User"}, nil, "-forward-headers"},
+		// Framing and hop-by-hop headers would desynchronise the connect GET.
+		{[]string{"-forward-headers", "Origin,Content-Length"}, nil, "-forward-headers: Content-Length"},
+		{[]string{"-forward-headers", "transfer-encoding"}, nil, "-forward-headers: transfer-encoding"},
+		{[]string{"-forward-headers", "Cookie, Host"}, nil, "-forward-headers: Host"},
+		{[]string{"-forward-headers", "Connection"}, nil, "-forward-headers: Connection"},
+		{[]string{"-forward-headers", "TE"}, nil, "-forward-headers: TE"},
+		{[]string{"-forward-headers", "Proxy-Authorization"}, nil, "-forward-headers: Proxy-Authorization"},
+		{nil, []string{"WS2API_FORWARD_HEADERS=Keep-Alive"}, "-forward-headers: Keep-Alive"},
+		{[]string{"-forward-headers", "Bad Name"}, nil, "-forward-headers: \"Bad Name\""},
+		{[]string{"-trusted-proxies", "10.0.0.0/33"}, nil, "-trusted-proxies"},
+		{[]string{"-trusted-proxies", "127.0.0.1,haproxy"}, nil, "-trusted-proxies"},
+		{[]string{"-max-outgoing-total", "0"}, nil, "-max-outgoing-total"},
 		{[]string{"-no-such-flag"}, nil, "no-such-flag"},
 		{nil, []string{"WS2API_DRAIN_TIMEOUT=later"}, "WS2API_DRAIN_TIMEOUT"},
 		{[]string{"-tls-cert", "cert.pem"}, nil, "-tls-cert"},
@@ -208,6 +220,8 @@ func TestBadFlagValuesStopStartupWithOneLineAndExit2(t *testing.T) {
 		{[]string{"-ping-timeout", "0s"}, nil, "-ping-timeout"},
 		{[]string{"-max-conns", "-5"}, nil, "-max-conns"},
 		{[]string{"-control-token", "two words"}, nil, "-control-token"},
+		{[]string{"-control-hosts", "gw.internal:7002"}, nil, "-control-hosts"},
+		{nil, []string{"WS2API_CONTROL_HOSTS=http://gw.internal"}, "-control-hosts"},
 	}
 	for _, c := range cases {
 		cmd := exec.Command(binary, c.args...)

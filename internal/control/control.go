@@ -10,7 +10,6 @@ package control
 
 import (
 	"crypto/sha256"
-	"crypto/subtle"
 	"encoding/json"
 	"errors"
 	"io"
@@ -25,6 +24,7 @@ import (
 	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/warnlog"
 	"github.com/ws2api/ws2api/internal/ws"
 )
 
@@ -58,10 +58,19 @@ type Options struct {
 	// Token, when set, must come with every request but GET /healthz as
 	// "Authorization: Bearer <Token>"; without it the answer is 401.
 	Token string
+	// Hosts are the names, beside localhost and any IP address, that a
+	// request's Host may give when there is no Token (see admit.go);
+	// entries that are neither a name nor an address are left out
+	// ([CheckHosts] reports them). Default none.
+	Hosts []string
 	// Relay, when set, reaches the clients of the cluster's other nodes:
 	// a request for an id not connected here goes to the node holding
 	// it, and broadcasts reach every node.
 	Relay Relay
+	// Page, when set, is `ws2api demo`'s page, served at GET /debug/demo:
+	// from here, its pushes are same-origin requests. Production leaves
+	// it nil.
+	Page []byte
 }
 
 // Handler is the control API as an http.Handler.
@@ -69,7 +78,9 @@ type Handler struct {
 	opts  Options
 	mux   *http.ServeMux
 	token *[sha256.Size]byte // the token's hash; nil: no token needed
+	hosts map[string]bool    // Options.Hosts: lower case, no final dot
 	hub   clientHub          // the Hub, or with a Relay the cluster
+	warn  warnlog.Limiter    // for refused requests
 }
 
 var _ http.Handler = (*Handler)(nil)
@@ -90,6 +101,7 @@ func New(opts Options) *Handler {
 		sum := sha256.Sum256([]byte(opts.Token))
 		h.token = &sum
 	}
+	h.hosts, _ = parseHosts(opts.Hosts)
 	h.mux.HandleFunc("GET /metrics", h.metrics)
 	h.mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) { h.healthz().write(w) })
 	h.mux.HandleFunc("GET /debug/pprof/", pprof.Index)
@@ -97,6 +109,9 @@ func New(opts Options) *Handler {
 	h.mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
 	h.mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
 	h.mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	if opts.Page != nil {
+		h.mux.HandleFunc("GET /debug/demo", h.page)
+	}
 	h.mux.HandleFunc("POST /{$}", h.broadcast)
 	h.mux.HandleFunc("GET /{$}", h.list)
 	h.mux.HandleFunc("/{id}", h.client)
@@ -109,28 +124,11 @@ func New(opts Options) *Handler {
 
 // ServeHTTP implements http.Handler.
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
-	if !h.allowed(r.Method, r.URL.Path, r.Header.Get("Authorization")) {
-		resultUnauthorized.write(w)
+	if res, ok := h.admit(admissionOf(r)); !ok {
+		res.write(w)
 		return
 	}
 	h.mux.ServeHTTP(w, r)
-}
-
-// allowed reports whether a request may be served: it carries the token,
-// or none is needed. Health checks need none, so that load balancers and
-// orchestrators can probe without it. The comparison takes the same time
-// whatever the token sent: both sides are hashed, then compared in
-// constant time.
-func (h *Handler) allowed(method, path, authorization string) bool {
-	if h.token == nil || path == "/healthz" && method == http.MethodGet {
-		return true
-	}
-	scheme, token, _ := strings.Cut(authorization, " ")
-	if !strings.EqualFold(scheme, "Bearer") {
-		token = ""
-	}
-	sum := sha256.Sum256([]byte(strings.TrimSpace(token)))
-	return subtle.ConstantTimeCompare(sum[:], h.token[:]) == 1
 }
 
 // result is an answer before it is written, by net/http or by the
@@ -171,6 +169,14 @@ func (r result) write(w http.ResponseWriter) {
 	_, _ = w.Write(r.body)
 }
 
+// page serves Options.Page; no other site may frame it.
+func (h *Handler) page(w http.ResponseWriter, _ *http.Request) {
+	w.Header().Set("Content-Type", "text/html; charset=utf-8")
+	w.Header().Set("Cache-Control", "no-store")
+	w.Header().Set("X-Frame-Options", "DENY")
+	_, _ = w.Write(h.opts.Page)
+}
+
 func (h *Handler) metrics(w http.ResponseWriter, _ *http.Request) {
 	w.Header().Set("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
 	h.opts.Metrics.WritePrometheus(w)
@@ -192,8 +198,26 @@ func (h *Handler) client(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 	}
-	id := strings.TrimPrefix(r.URL.EscapedPath(), "/")
-	h.clientResult(h.hub, r.Method, id, r.URL.RawQuery, r.Header.Get("Content-Type"), body).write(w)
+	h.clientResult(h.hub, r.Method, pathID(r), r.URL.RawQuery, r.Header.Get("Content-Type"), body).write(w)
+}
+
+// pathID is the first segment of a request's path as sent, still escaped:
+// [gateway.ParseID] decodes it once, as the public listener does, so that
+// /CP%31 and /CP1 name the same client. (net/http's PathValue would do
+// the decoding too, but lets a malformed escape through as it is.)
+func pathID(r *http.Request) string {
+	seg, _, _ := strings.Cut(strings.TrimPrefix(r.URL.EscapedPath(), "/"), "/")
+	return seg
+}
+
+// parseID decodes and checks a client id from a control path.
+func parseID(seg string) (string, *result) {
+	id, err := gateway.ParseID(seg)
+	if err != nil {
+		r := text(http.StatusBadRequest, "bad client id: "+err.Error())
+		return "", &r
+	}
+	return id, nil
 }
 
 // readBody reads a message up to Options.MaxBodyBytes; past it, or if the
@@ -218,10 +242,12 @@ func (h *Handler) tooLargeText() string {
 	return "message larger than " + strconv.FormatInt(h.opts.MaxBodyBytes, 10) + " bytes"
 }
 
-// clientResult answers /<id>: POST pushes, GET describes, DELETE closes.
-func (h *Handler) clientResult(hub clientHub, method, id, rawQuery, contentType string, body []byte) result {
-	if err := gateway.ValidID(id); err != nil {
-		return text(http.StatusBadRequest, "bad client id: "+err.Error())
+// clientResult answers /<seg>: POST pushes, GET describes, DELETE closes.
+// seg is the id as sent, escaped.
+func (h *Handler) clientResult(hub clientHub, method, seg, rawQuery, contentType string, body []byte) result {
+	id, bad := parseID(seg)
+	if bad != nil {
+		return *bad
 	}
 	switch method {
 	case http.MethodPost:
@@ -321,7 +347,7 @@ func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 		h.overCluster(group, binary, body, n, map[string]any{"group": group}).write(w)
 	case len(ids) > 0:
 		for _, id := range ids {
-			if err := gateway.ValidID(id); err != nil {
+			if err := gateway.CheckID(id); err != nil { // query values are decoded already
 				text(http.StatusBadRequest, "bad client id "+strconv.Quote(id)+": "+err.Error()).write(w)
 				return
 			}
@@ -373,11 +399,12 @@ func (h *Handler) list(w http.ResponseWriter, r *http.Request) {
 
 // group serves PUT and DELETE /<id>/groups/<group>.
 func (h *Handler) group(w http.ResponseWriter, r *http.Request) {
-	id, group := r.PathValue("id"), r.PathValue("group")
-	if err := gateway.ValidID(id); err != nil {
-		text(http.StatusBadRequest, "bad client id: "+err.Error()).write(w)
+	id, bad := parseID(pathID(r))
+	if bad != nil {
+		bad.write(w)
 		return
 	}
+	group := r.PathValue("group")
 	var err error
 	if r.Method == http.MethodPut {
 		err = h.hub.Join(id, group)
@@ -405,11 +432,12 @@ func (h *Handler) group(w http.ResponseWriter, r *http.Request) {
 // meta serves PUT (the body is the value) and DELETE /<id>/meta/<name>: the
 // X-Ws2api-Meta-<name> header sent with the client's later requests.
 func (h *Handler) meta(w http.ResponseWriter, r *http.Request) {
-	id, name := r.PathValue("id"), r.PathValue("name")
-	if err := gateway.ValidID(id); err != nil {
-		text(http.StatusBadRequest, "bad client id: "+err.Error()).write(w)
+	id, bad := parseID(pathID(r))
+	if bad != nil {
+		bad.write(w)
 		return
 	}
+	name := r.PathValue("name")
 	value, err := io.ReadAll(http.MaxBytesReader(w, r.Body, 8<<10))
 	if err != nil {
 		text(http.StatusBadRequest, "meta value: "+err.Error()).write(w)

@@ -201,10 +201,14 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 		return 0, false
 	}
 	path, rawQuery, _ := strings.Cut(head.Target, "?")
-	if !h.allowed(head.Method, path, head.Get("Authorization")) {
+	if refused, ok := h.admit(admission{
+		method: head.Method, path: path, host: head.Get("Host"),
+		origin: head.Get("Origin"), fetchSite: head.Get("Sec-Fetch-Site"),
+		authorization: head.Get("Authorization"),
+	}); !ok {
 		// Not worth reading the body of: answer and close.
 		c.done = true
-		c.answers = append(c.answers, &answer{ready: true, b: appendResult(nil, resultUnauthorized, true), close: true})
+		c.answers = append(c.answers, &answer{ready: true, b: appendResult(nil, refused, true), close: true})
 		return 0, false
 	}
 	length, chunked, err := head.BodyLength()

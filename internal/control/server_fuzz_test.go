@@ -17,8 +17,9 @@ const fuzzToken = "fuzz-T0ken"
 
 // Whatever arrives on the control listener, in whatever pieces: the
 // server answers with well-formed HTTP/1.1 responses only, never more
-// than one per request, and nothing reaches the hub from a request that
-// lacks the token.
+// than one per request, nothing reaches the hub from a request that
+// lacks the token, and every id that reaches it is canonical: decoded
+// once and valid (gateway.CheckID).
 func FuzzControlRequest(f *testing.F) {
 	auth := "Authorization: Bearer " + fuzzToken + "\r\n"
 	for _, s := range []string{
@@ -31,6 +32,9 @@ func FuzzControlRequest(f *testing.F) {
 		"GET /metrics HTTP/1.1\r\nHost: x\r\n" + auth + "Connection: close\r\n\r\n",
 		"PUT /CP1/groups/site-7 HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n",
 		"PUT /CP1/meta/User HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 3\r\n\r\nann",
+		"POST /CP%31 HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 5\r\n\r\nhello",
+		"PUT /Z%C3%A4hler%207/groups/g HTTP/1.1\r\nHost: x\r\n" + auth + "\r\nGET /..%2Fadmin HTTP/1.1\r\nHost: x\r\n" + auth + "\r\n",
+		"POST /?id=CP%2531&id=%6Detrics HTTP/1.1\r\nHost: x\r\n" + auth + "Content-Length: 1\r\n\r\nx",
 		"POST /a,b HTTP/1.0\r\n" + auth + "Content-Length: 1\r\n\r\nx",
 		"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
 		"GET /x HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
@@ -50,6 +54,11 @@ func FuzzControlRequest(f *testing.F) {
 
 		if !bytes.Contains(in, []byte(fuzzToken)) && hub.acted() {
 			t.Fatalf("the hub was acted on without the token: %v", hub.calls)
+		}
+		for _, id := range hub.ids {
+			if err := gateway.CheckID(id); err != nil {
+				t.Fatalf("the hub was given the id %q: %v", id, err)
+			}
 		}
 		requests := bytes.Count(in, []byte("HTTP/1."))
 		r := bufio.NewReader(bytes.NewReader(out.bytes()))
@@ -107,6 +116,14 @@ func (s *sink) bytes() []byte {
 type stubHub struct {
 	mu    sync.Mutex
 	calls []string
+	ids   []string // every id it was given
+}
+
+// got records the ids a call names.
+func (s *stubHub) got(ids ...string) {
+	s.mu.Lock()
+	s.ids = append(s.ids, ids...)
+	s.mu.Unlock()
 }
 
 func (s *stubHub) note(call string) {
@@ -127,32 +144,34 @@ func (s *stubHub) acted() bool {
 	return false
 }
 
-func known(id string) error {
+func (s *stubHub) known(id string) error {
+	s.got(id)
 	if id == "CP1" {
 		return nil
 	}
 	return gateway.ErrNotConnected
 }
 
-func (s *stubHub) Push(id string, _ bool, _ []byte) error { s.note("Push " + id); return known(id) }
+func (s *stubHub) Push(id string, _ bool, _ []byte) error { s.note("Push " + id); return s.known(id) }
 func (s *stubHub) PushMany(ids []string, _ bool, _ []byte) []string {
 	s.note("PushMany " + strings.Join(ids, ","))
+	s.got(ids...)
 	return nil
 }
 func (s *stubHub) Info(id string) (gateway.Info, error) {
 	s.note("Info " + id)
-	return gateway.Info{ID: id}, known(id)
+	return gateway.Info{ID: id}, s.known(id)
 }
-func (s *stubHub) Kick(id string, _ int, _ string) error { s.note("Kick " + id); return known(id) }
+func (s *stubHub) Kick(id string, _ int, _ string) error { s.note("Kick " + id); return s.known(id) }
 func (s *stubHub) Broadcast(bool, []byte) int            { s.note("Broadcast"); return 1 }
 func (s *stubHub) BroadcastGroup(g string, _ bool, _ []byte) (int, error) {
 	s.note("BroadcastGroup " + g)
 	return 0, gateway.ValidGroup(g)
 }
-func (s *stubHub) Join(id, g string) error { s.note("Join " + id + " " + g); return known(id) }
+func (s *stubHub) Join(id, g string) error { s.note("Join " + id + " " + g); return s.known(id) }
 func (s *stubHub) Leave(id, g string) (bool, error) {
 	s.note("Leave " + id + " " + g)
-	return false, known(id)
+	return false, s.known(id)
 }
 func (s *stubHub) Groups() map[string]int { s.note("Groups"); return map[string]int{} }
 func (s *stubHub) GroupMembers(g, _ string, _ int) ([]string, string, error) {
@@ -161,7 +180,7 @@ func (s *stubHub) GroupMembers(g, _ string, _ int) ([]string, string, error) {
 }
 func (s *stubHub) SetMeta(id, name, _ string, _ bool) error {
 	s.note("SetMeta " + id + " " + name)
-	return known(id)
+	return s.known(id)
 }
 func (s *stubHub) Count() int     { s.note("Count"); return 1 }
 func (s *stubHub) Draining() bool { s.note("Draining"); return false }

@@ -40,7 +40,7 @@ func TestPushReachesTheClient(t *testing.T) {
 	if status, body := h.ctl("POST", "/CP7", "text/plain", "\xff"); status != 400 || !strings.Contains(body, "UTF-8") {
 		t.Fatalf("invalid UTF-8 text push: %d %q", status, body)
 	}
-	if status, _ := h.ctl("POST", "/bad$id", "text/plain", "x"); status != 400 {
+	if status, _ := h.ctl("POST", "/bad%2Fid", "text/plain", "x"); status != 400 {
 		t.Fatalf("push to a bad id: %d, want 400", status)
 	}
 	// A client's reply to a pushed message reaches the API as an ordinary
@@ -297,7 +297,7 @@ func TestPushToManyIDs(t *testing.T) {
 	if status, _ := h.ctl("POST", "/?id=m-a&group=x", "text/plain", "x"); status != 400 {
 		t.Fatalf("ids and a group: %d, want 400", status)
 	}
-	if status, _ := h.ctl("POST", "/?id=bad$id", "text/plain", "x"); status != 400 {
+	if status, _ := h.ctl("POST", "/?id=bad%2Fid", "text/plain", "x"); status != 400 {
 		t.Fatalf("a bad id: %d, want 400", status)
 	}
 }

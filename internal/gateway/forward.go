@@ -102,7 +102,7 @@ func (c *conn) startPOST(msg message) {
 		ct = contentBinary
 	}
 	c.sending = msg
-	c.req = upstream.Request{Method: "POST", Path: c.id, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: c.nextKey()}
+	c.req = upstream.Request{Method: "POST", Path: c.path, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: c.nextKey()}
 	c.sendPacedLocked()
 }
 
@@ -126,7 +126,7 @@ func (c *conn) startDELETE() {
 	h := make([]upstream.Header, len(c.apiHeader), len(c.apiHeader)+1)
 	copy(h, c.apiHeader)
 	h = append(h, upstream.Header{Name: HeaderCloseCode, Value: strconv.Itoa(c.end.code)})
-	c.req = upstream.Request{Method: "DELETE", Path: c.id, Header: h, ContentType: contentText, Body: []byte(c.end.reason), Key: c.nextKey()}
+	c.req = upstream.Request{Method: "DELETE", Path: c.path, Header: h, ContentType: contentText, Body: []byte(c.end.reason), Key: c.nextKey()}
 	c.attempt, c.firstTry = 0, time.Now()
 	c.sendLocked()
 }
@@ -281,10 +281,10 @@ func (c *conn) nextLocked() {
 
 // deleteUnborn tells the API of the end of a connection it accepted but
 // that never opened.
-func (c *conn) deleteUnborn(id string, meta []upstream.Header, end closeInfo) {
+func (c *conn) deleteUnborn(id, path string, meta []upstream.Header, end closeInfo) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	c.id = id
+	c.id, c.path = id, path
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
 	c.end, c.ended = end, true
 	c.s.deletesDue.Add(1)

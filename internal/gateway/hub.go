@@ -251,13 +251,16 @@ func (s *Server) BroadcastGroup(group string, binary bool, data []byte) (int, er
 }
 
 // fanOut writes one frame, encoded once, to every connection, the writes
-// spread over the CPUs.
+// spread over the CPUs. It returns the number of clients written to: not
+// those closed, nor those shed during the broadcast for their backlog
+// (outgoing.go), which will never get it.
 func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
 	s.m.Broadcasts.Inc()
 	frame := ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), opcode(binary), data, nil)
 	const chunk = 256
 	workers := min(runtime.GOMAXPROCS(0), 1+len(conns)/chunk)
-	var next, sent atomic.Int64
+	written := make([]bool, len(conns))
+	var next atomic.Int64
 	var wg sync.WaitGroup
 	for range workers {
 		wg.Go(func() {
@@ -266,16 +269,19 @@ func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
 				if i >= len(conns) {
 					return
 				}
-				for _, c := range conns[i:min(i+chunk, len(conns))] {
-					if c.sendFrame(frame) {
-						sent.Add(1)
-					}
+				for j := i; j < min(i+chunk, len(conns)); j++ {
+					written[j] = conns[j].sendFrame(frame)
 				}
 			}
 		})
 	}
 	wg.Wait()
-	n := sent.Load()
+	var n int64
+	for j, c := range conns {
+		if written[j] && c.outq.Load() >= 0 { // not retired since: shed, or closed
+			n++
+		}
+	}
 	s.m.MessagesOut[metrics.SourceBroadcast].AddInt64(n)
 	s.m.BytesOut.AddInt64(n * int64(len(data)))
 	return int(n)
@@ -288,7 +294,7 @@ func (c *conn) sendFrame(frame []byte) bool {
 	if c.state != stOpen {
 		return false
 	}
-	if _, err := c.sock.Write(frame); err != nil {
+	if err := c.writeLocked(nil, frame); err != nil {
 		return false
 	}
 	c.msgsOut.Add(1)

@@ -21,8 +21,9 @@ import (
 // not time.Now, so a read costs two atomic operations.
 
 var (
-	closeIdle        = closeInfo{code: ws.CloseGoingAway, reason: "idle timeout", cause: metrics.CauseIdle}
-	closePingTimeout = closeInfo{code: ws.CloseAbnormal, reason: "ping timeout", cause: metrics.CausePingTimeout}
+	closeIdle         = closeInfo{code: ws.CloseGoingAway, reason: "idle timeout", cause: metrics.CauseIdle}
+	closePingTimeout  = closeInfo{code: ws.CloseAbnormal, reason: "ping timeout", cause: metrics.CausePingTimeout}
+	closeControlFlood = closeInfo{code: ws.ClosePolicyViolation, reason: "too many control frames", cause: metrics.CauseControlFlood}
 )
 
 // keeperTick is how often the keeper sweeps: a quarter of the shortest
@@ -143,4 +144,45 @@ func (c *conn) rateWait(now time.Time) time.Duration {
 	}
 	c.rateTAT = tat + interval
 	return 0
+}
+
+// controlFrame counts a ping or pong from c against MaxMessageRate and
+// reports whether to act on it (answer a ping). A data message over the
+// rate waits its turn; a control frame has nothing to wait for, and each
+// one answered costs a write. So pings and pongs have a budget of their
+// own at the same rate, a second's worth at once, so that a client's
+// keepalive never holds back its messages: past it they are dropped,
+// unanswered, and counted. A client sending them at ten times the rate
+// (again a second's worth at once) is flooding: it is closed with 1008
+// "too many control frames", its later input discarded. c.mu is held.
+func (c *conn) controlFrame() bool {
+	s := c.s
+	interval := s.rateInterval
+	if interval == 0 {
+		return true
+	}
+	t := int64(time.Since(s.epoch))
+	if !conforms(&c.floodTAT, t, max(interval/10, 1)) {
+		s.warn.Warn(s.log, "client closed: it floods control frames", "id", c.id, "max_msg_rate", s.opts.MaxMessageRate)
+		c.closeLocked(closeControlFlood)
+		c.discard = true
+		return false
+	}
+	if !conforms(&c.ctlTAT, t, interval) {
+		s.m.ControlDropped.Inc()
+		return false
+	}
+	return true
+}
+
+// conforms is GCRA, as rateWait's: whether an event at t fits a rate of
+// one per interval with a second's worth at once; if it does, it is
+// counted in *tat.
+func conforms(tat *int64, t, interval int64) bool {
+	at := max(*tat, t)
+	if at-t > int64(time.Second)-interval {
+		return false
+	}
+	*tat = at + interval
+	return true
 }

@@ -17,8 +17,10 @@ import (
 // socket closes with nbio.ErrOverflow.
 type socket interface {
 	Write(b []byte) (int, error)
-	Writev(bs [][]byte) (int, error)
 	Close() error
+	// CloseWithError closes at once, dropping what is queued; OnClose
+	// gets err.
+	CloseWithError(err error) error
 	SetReadDeadline(t time.Time) error
 }
 
@@ -41,6 +43,7 @@ func (s *Server) serveTLS(raw net.Conn) {
 	t := &tlsSocket{tc: tc, raw: raw, maxOut: s.opts.MaxOutgoingBytes, flushTime: s.opts.CloseTimeout}
 	// The handshake timeout covers the TLS handshake too.
 	c := s.newConn(t, raw.RemoteAddr().String())
+	t.written = c.OnWritten
 	if err := tc.Handshake(); err != nil {
 		c.OnClose(nil, t.abort(err))
 		return
@@ -73,11 +76,13 @@ type tlsSocket struct {
 	raw       net.Conn
 	maxOut    int
 	flushTime time.Duration // how long Close waits for queued bytes to leave
+	written   func(n int)   // told of the bytes handed to crypto/tls, under mu (outgoing.go)
 
 	mu      sync.Mutex
 	out     []byte
 	writing bool // a flush goroutine runs
 	closing bool
+	aborted bool  // closed at once: what is queued is dropped, and no more writes are reported
 	err     error // why the socket closed, when ws2api decided it
 }
 
@@ -97,16 +102,11 @@ func (t *tlsSocket) Write(b []byte) (int, error) {
 	return len(b), nil
 }
 
-func (t *tlsSocket) Writev(bs [][]byte) (int, error) {
-	n := 0
-	for _, b := range bs {
-		m, err := t.Write(b)
-		n += m
-		if err != nil {
-			return n, err
-		}
-	}
-	return n, nil
+// CloseWithError closes the socket at once, dropping what is queued; the
+// reading goroutine then ends the conn with err.
+func (t *tlsSocket) CloseWithError(err error) error {
+	_ = t.abort(err)
+	return nil
 }
 
 // Close writes what is queued, within the flush time, then closes.
@@ -157,6 +157,9 @@ func (t *tlsSocket) flush() {
 		}
 		// Keep a small buffer for the next write.
 		t.mu.Lock()
+		if t.written != nil && !t.aborted {
+			t.written(len(buf))
+		}
 		if t.out == nil && cap(buf) <= 4<<10 {
 			t.out = buf[:0]
 		}
@@ -176,7 +179,7 @@ func (t *tlsSocket) abort(err error) error {
 			t.err = nbio.ErrReadTimeout
 		}
 	}
-	t.closing = true
+	t.closing, t.aborted = true, true
 	t.out = nil
 	t.raw.Close()
 	return t.err

@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"net/http"
 	"strconv"
 	"strings"
@@ -14,7 +13,8 @@ import (
 // handshake is what ws2api keeps of a client's upgrade request while the
 // API decides.
 type handshake struct {
-	id        string
+	id        string // canonical: decoded once (id.go)
+	path      string // id escaped for the API's URLs (EscapeID)
 	query     string
 	key       string
 	protocols []string          // offered by the client, in its order
@@ -50,54 +50,6 @@ func (s *Server) page(head []byte) *reject {
 
 func badRequest(text string) *reject { return &reject{status: http.StatusBadRequest, text: text} }
 
-// maxIDLen bounds a client id.
-const maxIDLen = 255
-
-// reservedIDs are the control listener's own paths: an id may not be one
-// of them, so that every control path is unambiguous.
-var reservedIDs = map[string]bool{"metrics": true, "healthz": true, "debug": true}
-
-// Errors of [ValidID].
-var (
-	ErrIDEmpty    = errors.New("empty id")
-	ErrIDTooLong  = errors.New("id longer than 255 bytes")
-	ErrIDChar     = errors.New("id has a character outside A-Z a-z 0-9 . _ ~ - %")
-	ErrIDEscape   = errors.New("id has a '%' not followed by two hex digits")
-	ErrIDReserved = errors.New("id is reserved (metrics, healthz, debug)")
-)
-
-// ValidID checks a client id as it appears in a URL path: 1 to 255 bytes of
-// A-Z a-z 0-9 . _ ~ - and %XX escapes, and not a reserved name.
-func ValidID(id string) error {
-	switch {
-	case id == "":
-		return ErrIDEmpty
-	case len(id) > maxIDLen:
-		return ErrIDTooLong
-	}
-	for i := 0; i < len(id); i++ {
-		c := id[i]
-		switch {
-		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9', c == '.', c == '_', c == '~', c == '-':
-		case c == '%':
-			if i+2 >= len(id) || !isHex(id[i+1]) || !isHex(id[i+2]) {
-				return ErrIDEscape
-			}
-			i += 2
-		default:
-			return ErrIDChar
-		}
-	}
-	if reservedIDs[id] {
-		return ErrIDReserved
-	}
-	return nil
-}
-
-func isHex(c byte) bool {
-	return '0' <= c && c <= '9' || 'a' <= c && c <= 'f' || 'A' <= c && c <= 'F'
-}
-
 // parseUpgrade checks that head is a WebSocket upgrade for a valid id and
 // prepares the connect GET. connID and remoteIP are the connection's.
 func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *reject) {
@@ -114,8 +66,8 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *r
 	if !h.HasToken("Upgrade", "websocket") || !h.HasToken("Connection", "upgrade") {
 		return nil, badRequest("not a WebSocket upgrade: Upgrade: websocket and Connection: Upgrade are required")
 	}
-	if h.Get("Host") == "" {
-		return nil, badRequest("missing Host header")
+	if rej := checkHeadFields(h); rej != nil {
+		return nil, rej
 	}
 	if h.Get("Sec-Websocket-Version") != "13" {
 		return nil, &reject{status: http.StatusBadRequest, text: "unsupported WebSocket version: only 13 is spoken",
@@ -129,57 +81,56 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *r
 	if !strings.HasPrefix(path, "/") {
 		return nil, badRequest("the request target must be a path: /<id>")
 	}
-	id, _, _ := strings.Cut(path[1:], "/")
-	if err := ValidID(id); err != nil {
+	seg, _, _ := strings.Cut(path[1:], "/")
+	id, err := ParseID(seg)
+	if err != nil {
 		return nil, badRequest("bad client id: " + err.Error())
 	}
 	if origins := h.Values("Origin"); len(origins) > 0 && (len(origins) > 1 || !s.origins.allows(origins[0])) {
 		return nil, &reject{status: http.StatusForbidden, text: "origin not allowed"}
 	}
 
-	hs := &handshake{id: id, query: query, key: key, userAgent: h.Get("User-Agent")}
+	hs := &handshake{id: id, path: EscapeID(id), query: query, key: key, userAgent: h.Get("User-Agent")}
 	for _, v := range h.Values("Sec-Websocket-Protocol") {
 		for p := range strings.SplitSeq(v, ",") {
-			if p = strings.TrimSpace(p); p != "" {
-				hs.protocols = append(hs.protocols, p)
+			if p = strings.TrimSpace(p); p == "" {
+				continue // an empty list element is ignored (RFC 9110 section 5.6.1)
 			}
+			if !http1.ValidToken(p) {
+				return nil, badRequest("malformed Sec-WebSocket-Protocol: a subprotocol name must be a token")
+			}
+			hs.protocols = append(hs.protocols, p)
 		}
 	}
 	hs.header = s.identity(h, connID, remoteIP)
 	return hs, nil
 }
 
-// identity builds the headers of the connect GET: the connection id, the
-// X-Forwarded-* trio and the forwarded handshake headers.
-func (s *Server) identity(h *http1.RequestHead, connID, remoteIP string) []upstream.Header {
-	out := make([]upstream.Header, 0, 4+len(s.opts.ForwardHeaders))
-	out = append(out, upstream.Header{Name: HeaderConnectionID, Value: connID})
-	xff := strings.Join(h.Values("X-Forwarded-For"), ", ")
-	if xff != "" {
-		xff += ", "
+// checkHeadFields refuses an upgrade whose head is ambiguous: no Host or
+// more than one, more than one Sec-WebSocket-Key or Sec-WebSocket-Version
+// (RFC 6455 section 11.3), or a body, which an upgrade never has and
+// which would otherwise be read as the client's first frames.
+func checkHeadFields(h *http1.RequestHead) *reject {
+	switch hosts := h.Values("Host"); {
+	case len(hosts) == 0 || hosts[0] == "":
+		return badRequest("missing Host header")
+	case len(hosts) > 1:
+		return badRequest("more than one Host header")
 	}
-	out = append(out, upstream.Header{Name: "X-Forwarded-For", Value: xff + remoteIP})
-	// Behind a proxy, the proxy says; when ws2api terminates TLS itself,
-	// it knows.
-	proto := h.Get("X-Forwarded-Proto")
-	switch {
-	case s.opts.TLS != nil:
-		proto = "https"
-	case proto == "":
-		proto = "http"
-	}
-	out = append(out, upstream.Header{Name: "X-Forwarded-Proto", Value: proto})
-	host := h.Get("X-Forwarded-Host")
-	if host == "" {
-		host = h.Get("Host")
-	}
-	out = append(out, upstream.Header{Name: "X-Forwarded-Host", Value: host})
-	for _, name := range s.opts.ForwardHeaders {
-		for _, v := range h.Values(name) {
-			out = append(out, upstream.Header{Name: name, Value: v})
+	for _, name := range [...]string{"Sec-Websocket-Key", "Sec-Websocket-Version"} {
+		if len(h.Values(name)) > 1 {
+			return badRequest("more than one " + strings.ReplaceAll(name, "Websocket", "WebSocket") + " header")
 		}
 	}
-	return out
+	if len(h.Values("Transfer-Encoding")) > 0 {
+		return badRequest("an upgrade request has no body: Transfer-Encoding is not allowed")
+	}
+	for _, v := range h.Values("Content-Length") {
+		if v != "0" {
+			return badRequest("an upgrade request has no body: Content-Length must be 0")
+		}
+	}
+	return nil
 }
 
 // Headers ws2api adds to requests to the API.

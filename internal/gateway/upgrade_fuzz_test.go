@@ -1,36 +1,11 @@
 package gateway
 
 import (
-	"net/url"
 	"strings"
 	"testing"
 
 	"github.com/ws2api/ws2api/internal/http1"
 )
-
-func FuzzValidID(f *testing.F) {
-	for _, s := range []string{"CP-001", "a.b_c~d", "%41%42", "%zz", "", "metrics", "a/b", "é", strings.Repeat("x", 256)} {
-		f.Add(s)
-	}
-	f.Fuzz(func(t *testing.T, id string) {
-		if ValidID(id) != nil {
-			return
-		}
-		if len(id) == 0 || len(id) > maxIDLen {
-			t.Fatalf("accepted id of %d bytes", len(id))
-		}
-		if strings.ContainsAny(id, "/?#\r\n ") {
-			t.Fatalf("accepted %q", id)
-		}
-		// Every accepted id makes a valid URL path for the API.
-		if _, err := url.PathUnescape(id); err != nil {
-			t.Fatalf("accepted %q, which is not a valid escaped path: %v", id, err)
-		}
-		if reservedIDs[id] {
-			t.Fatalf("accepted reserved id %q", id)
-		}
-	})
-}
 
 const fuzzHead = "GET /CP1?x=1 HTTP/1.1\r\nHost: gw\r\nUpgrade: websocket\r\nConnection: keep-alive, Upgrade\r\n" +
 	"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nOrigin: https://a\r\n" +
@@ -44,10 +19,23 @@ func FuzzParseUpgrade(f *testing.F) {
 	f.Add([]byte("GET / HTTP/1.1\r\n\r\n"))
 	f.Add([]byte("GET /a HTTP/1.1\nHost: x\nUpgrade: websocket\nConnection: upgrade\nSec-WebSocket-Version: 13\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\n\n"))
 	f.Add([]byte("GET /a HTTP/1.1\r\nHost: x\r\n X-Folded: y\r\n\r\n"))
+	// Heads RFC 9112 allows, and ambiguous ones it does not.
+	f.Add([]byte("\r\n\r\nGET http://gw:7001/CP1?x=1 HTTP/1.1\r\nHost: gw:7001\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: ocpp1.6, ocpp2.0.1\r\n\r\n"))
+	f.Add([]byte(strings.Replace(fuzzHead, "Host: gw\r\n", "Host: gw\r\nHost: evil\r\n", 1)))
+	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", 1)))
+	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "Sec-WebSocket-Protocol: a b, c/d\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n", 1)))
+	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "X-Forwarded-Proto: gopher\r\nX-Forwarded-Host: evil\r\n", 1)))
 	s := &Server{}
 	s.opts.ForwardHeaders = append(DefaultForwardHeaders, "X-Custom")
 	var err error
 	if s.origins, err = parseOrigins([]string{"https://a", "https://*.b.example", "null"}); err != nil {
+		f.Fatal(err)
+	}
+	// The same server behind a proxy it trusts: the client's address is
+	// the proxy's.
+	behind := &Server{opts: s.opts, origins: s.origins}
+	if behind.trusted, err = ParseTrustedProxies([]string{"192.0.2.0/24"}); err != nil {
 		f.Fatal(err)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
@@ -65,8 +53,11 @@ func FuzzParseUpgrade(f *testing.F) {
 			}
 			return
 		}
-		if err := ValidID(hs.id); err != nil {
+		if err := CheckID(hs.id); err != nil {
 			t.Fatalf("accepted bad id %q: %v", hs.id, err)
+		}
+		if hs.path != EscapeID(hs.id) {
+			t.Fatalf("id %q goes to the API as %q, want %q", hs.id, hs.path, EscapeID(hs.id))
 		}
 		var xff string
 		for _, h := range hs.header {
@@ -92,5 +83,46 @@ func FuzzParseUpgrade(f *testing.F) {
 		if !http1.ValidFieldValue(hs.query) || strings.ContainsAny(hs.query, "# \t") {
 			t.Fatalf("query %q", hs.query)
 		}
+		for _, p := range hs.protocols {
+			if !http1.ValidToken(p) {
+				t.Fatalf("subprotocol %q is not a token", p)
+			}
+		}
+		// Untrusted, the client's X-Forwarded-* never reach the API; no
+		// header that frames the GET is ever copied onto it.
+		checkForwarded(t, hs, func(name, v string) bool {
+			return name == "X-Forwarded-For" && v == "192.0.2.1" || name == "X-Forwarded-Proto" && v == "http" || name == "X-Forwarded-Host"
+		})
+		if hs, rej = behind.parseUpgrade(b[:n], "conn-1", "192.0.2.1"); rej != nil {
+			t.Fatalf("refused behind a proxy, accepted before: %+v", rej)
+		}
+		checkForwarded(t, hs, func(name, v string) bool {
+			return name == "X-Forwarded-For" && strings.HasSuffix(v, "192.0.2.1") ||
+				name == "X-Forwarded-Proto" && (v == "http" || v == "https") || name == "X-Forwarded-Host"
+		})
 	})
+}
+
+// checkForwarded checks the connect GET's headers: each X-Forwarded-* once,
+// as ok says, and no framing or hop-by-hop header.
+func checkForwarded(t *testing.T, hs *handshake, ok func(name, value string) bool) {
+	t.Helper()
+	seen := map[string]int{}
+	for _, h := range hs.header {
+		switch h.Name {
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host":
+			seen[h.Name]++
+			if !ok(h.Name, h.Value) {
+				t.Fatalf("%s: %q", h.Name, h.Value)
+			}
+		case HeaderConnectionID:
+		default:
+			if err := CheckForwardHeader(h.Name); err != nil {
+				t.Fatalf("header %s copied onto the connect GET: %v", h.Name, err)
+			}
+		}
+	}
+	if len(seen) != 3 || seen["X-Forwarded-For"] != 1 || seen["X-Forwarded-Proto"] != 1 || seen["X-Forwarded-Host"] != 1 {
+		t.Fatalf("X-Forwarded-* headers %v, want one of each", seen)
+	}
 }

@@ -9,9 +9,14 @@ import (
 
 // HeadEnd returns the length of the head at the start of b, the blank line
 // that ends it included, or -1 if b does not hold all of it. A bare LF
-// ends a line as CRLF does.
+// ends a line as CRLF does. Empty lines before the request line are part
+// of the head, and ignored (RFC 9112 section 2.2).
 func HeadEnd(b []byte) int {
-	for i := 0; ; {
+	start := leadingEmptyLines(b)
+	if start == len(b) {
+		return -1
+	}
+	for i := start; ; {
 		j := bytes.IndexByte(b[i:], '\n')
 		if j < 0 {
 			return -1
@@ -28,10 +33,33 @@ func HeadEnd(b []byte) int {
 	}
 }
 
+// leadingEmptyLines returns the length of the empty lines (CRLF or LF) at
+// the start of b.
+func leadingEmptyLines(b []byte) int {
+	i := 0
+	for {
+		switch {
+		case i < len(b) && b[i] == '\n':
+			i++
+		case i+1 < len(b) && b[i] == '\r' && b[i+1] == '\n':
+			i += 2
+		default:
+			return i
+		}
+	}
+}
+
 // RequestHead is a parsed request head.
 type RequestHead struct {
+	// Target is in origin form: a path, then any query. A target sent in
+	// absolute form (GET http://host/path HTTP/1.1, RFC 9112 section
+	// 3.2.2) is reduced to its path and query, its authority kept in
+	// Authority.
 	Method, Target, Proto string
-	Header                []Header // canonical names, in order
+	// Authority is the host[:port] of an absolute-form target, which
+	// stands for the Host header (RFC 9112 section 3.2.2); "" otherwise.
+	Authority string
+	Header    []Header // canonical names, in order
 }
 
 // Get returns the first value of the named header (canonical name), or "".
@@ -70,6 +98,7 @@ func (h *RequestHead) HasToken(name, token string) bool {
 // 1.1, no folded lines, no control characters in the target or a value.
 // An error's text is a one-line reason fit for a 400 answer.
 func ParseRequestHead(b []byte) (*RequestHead, error) {
+	b = b[leadingEmptyLines(b):]
 	lines := strings.Split(strings.TrimRight(string(b), "\r\n"), "\n")
 	for i, l := range lines {
 		lines[i] = strings.TrimSuffix(l, "\r")
@@ -81,6 +110,11 @@ func ParseRequestHead(b []byte) (*RequestHead, error) {
 	h := &RequestHead{Method: parts[0], Target: parts[1], Proto: parts[2]}
 	if h.Target == "" || !ValidFieldValue(h.Target) || strings.ContainsAny(h.Target, "\t#") {
 		return nil, errors.New("malformed request target")
+	}
+	if h.Target[0] != '/' && h.Target != "*" {
+		if !h.fromAbsoluteForm() {
+			return nil, errors.New("malformed request target")
+		}
 	}
 	if h.Proto != "HTTP/1.1" && h.Proto != "HTTP/1.0" {
 		return nil, errors.New("unsupported protocol " + strconv.Quote(h.Proto) + ": HTTP/1.1 only")
@@ -101,6 +135,33 @@ func ParseRequestHead(b []byte) (*RequestHead, error) {
 		h.Header = append(h.Header, Header{Name: CanonicalName(name), Value: value})
 	}
 	return h, nil
+}
+
+// fromAbsoluteForm reduces an absolute-form target (http, https, ws or
+// wss, any case) to origin form and keeps its authority; it reports
+// whether the target was one.
+func (h *RequestHead) fromAbsoluteForm() bool {
+	scheme, rest, ok := strings.Cut(h.Target, "://")
+	if !ok {
+		return false
+	}
+	switch strings.ToLower(scheme) {
+	case "http", "https", "ws", "wss":
+	default:
+		return false
+	}
+	authority, path := rest, "/"
+	if i := strings.IndexAny(rest, "/?"); i >= 0 {
+		authority, path = rest[:i], rest[i:]
+		if path[0] == '?' {
+			path = "/" + path
+		}
+	}
+	if authority == "" || strings.ContainsAny(authority, "@ ") {
+		return false // no host, or user information, which HTTP forbids here
+	}
+	h.Target, h.Authority = path, authority
+	return true
 }
 
 // BodyLength says how the request's body is framed: n bytes, or chunked.

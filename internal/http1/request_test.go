@@ -43,6 +43,11 @@ func FuzzRequestHead(f *testing.F) {
 	f.Add([]byte("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\nX: a\x00b\r\n\r\n"))
 	f.Add([]byte("GET / HTTP/1.1\r\n Folded: x\r\n\r\n"))
+	f.Add([]byte("\r\n\nGET http://gw:7001/CP1?a=1 HTTP/1.1\r\nHost: gw:7001\r\n\r\n"))
+	f.Add([]byte("GET HTTPS://gw?x HTTP/1.1\r\nHost: gw\r\nHost: gw\r\n\r\n"))
+	f.Add([]byte("GET http://user@gw/x HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("OPTIONS * HTTP/1.1\r\n\r\n"))
+	f.Add([]byte("\r\n\r\n"))
 	f.Fuzz(func(t *testing.T, b []byte) {
 		end := HeadEnd(b)
 		if end < 0 {
@@ -60,6 +65,12 @@ func FuzzRequestHead(f *testing.F) {
 		}
 		if !ValidToken(h.Method) || h.Target == "" || strings.ContainsAny(h.Target, " \t\r\n\x00#") {
 			t.Fatalf("request line %q %q", h.Method, h.Target)
+		}
+		if h.Target[0] != '/' && h.Target != "*" {
+			t.Fatalf("target %q is not in origin form", h.Target)
+		}
+		if strings.ContainsAny(h.Authority, "/?@ \t") {
+			t.Fatalf("authority %q", h.Authority)
 		}
 		for _, hd := range h.Header {
 			if !ValidToken(hd.Name) || !ValidFieldValue(hd.Value) || hd.Name != CanonicalName(hd.Name) {

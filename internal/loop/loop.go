@@ -32,6 +32,15 @@ type Handler interface {
 	OnClose(c *nbio.Conn, err error)
 }
 
+// WriteObserver is a Handler told how many of the bytes written to its
+// connection the kernel took, whether at once in Write or later from
+// nbio's buffer; with what it handed to Write, that says what nbio still
+// holds for it. OnWritten is called under the connection's own lock: it
+// must not block, nor take a lock that a writer to the connection holds.
+type WriteObserver interface {
+	OnWritten(n int)
+}
+
 // Task is work for [Loop.Later].
 type Task interface {
 	RunLater()
@@ -64,6 +73,11 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 		l.bufs[i] = make([]byte, readBufferSize)
 	}
 	l.engine.OnRead(l.onRead)
+	l.engine.OnWrittenSize(func(c *nbio.Conn, _ []byte, n int) {
+		if w, ok := c.Session().(WriteObserver); ok {
+			w.OnWritten(n)
+		}
+	})
 	l.engine.OnClose(func(c *nbio.Conn, err error) {
 		if h, ok := c.Session().(Handler); ok {
 			h.OnClose(c, err)

@@ -34,12 +34,17 @@ const (
 	CauseAPIGaveUp    = "api_gave_up"   // a message could not be delivered to the API in time
 	CauseIdle         = "idle"          // no message either way for the idle timeout
 	CausePingTimeout  = "ping_timeout"  // it stopped answering pings: a dead peer
+	// CauseOutgoingTotal: all clients' outgoing backlogs passed the
+	// gateway's cap and this client's was among the largest: a slow
+	// consumer, shed.
+	CauseOutgoingTotal = "outgoing_total"
+	CauseControlFlood  = "control_flood" // it sent pings or pongs at over ten times its message rate
 )
 
 var closeCauses = []string{
 	CauseClient, CauseNetwork, CauseKick, CauseShutdown, CauseReplaced, CauseSlowConsumer,
 	CauseTooBig, CauseProtocol, CauseBacklog, CauseGatewayFull, CauseTimeout, CauseAPIGaveUp,
-	CauseIdle, CausePingTimeout,
+	CauseIdle, CausePingTimeout, CauseOutgoingTotal, CauseControlFlood,
 }
 
 // Message sources, the label values of ws2api_messages_out_total.
@@ -76,6 +81,7 @@ type Metrics struct {
 	PushesNotFound  *vm.Counter
 	Broadcasts      *vm.Counter
 	Closes          map[string]*vm.Counter             // by cause
+	ControlDropped  *vm.Counter                        // pings and pongs past a client's rate, not acted on
 	Rejected        map[int]*vm.Counter                // handshakes answered with an error, by status
 	latency         map[string]*vm.PrometheusHistogram // API request latency by method
 
@@ -119,6 +125,7 @@ func New() *Metrics {
 	for _, c := range closeCauses {
 		m.Closes[c] = m.set.NewCounter(fmt.Sprintf(`ws2api_closes_total{cause=%q}`, c))
 	}
+	m.ControlDropped = m.counter("ws2api_control_frames_dropped_total", "Pings and pongs from clients past their -max-msg-rate, dropped unanswered.")
 	m.declare("ws2api_handshakes_rejected_total", "counter", "Upgrade requests answered with an error, by HTTP status.")
 	m.Rejected = map[int]*vm.Counter{}
 	for _, s := range []int{400, 403, 404, 429, 431, 502, 503, 504} {

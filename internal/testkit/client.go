@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -96,7 +97,33 @@ type Raw struct {
 // DialRaw upgrades a plain TCP connection to addr for id.
 func DialRaw(t testing.TB, addr, id string) *Raw {
 	t.Helper()
-	nc, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	return dialRaw(t, &net.Dialer{Timeout: 5 * time.Second}, addr, id)
+}
+
+// DialRawSmallWindow is DialRaw with a 4 KiB receive buffer and 1,000-byte
+// segments: when it stops reading, what it is sent waits in the gateway,
+// not in the kernel (over loopback a socket otherwise holds megabytes).
+func DialRawSmallWindow(t testing.TB, addr, id string) *Raw {
+	t.Helper()
+	d := &net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, rc syscall.RawConn) error {
+		var serr error
+		err := rc.Control(func(fd uintptr) {
+			serr = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, syscall.SO_RCVBUF, 4<<10)
+			if serr == nil {
+				serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_MAXSEG, 1000)
+			}
+		})
+		if err != nil {
+			return err
+		}
+		return serr
+	}}
+	return dialRaw(t, d, addr, id)
+}
+
+func dialRaw(t testing.TB, d *net.Dialer, addr, id string) *Raw {
+	t.Helper()
+	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("dial %s: %v", addr, err)
 	}

@@ -99,7 +99,7 @@ type HostClient struct {
 	conns   map[*apiConn]struct{} // every open connection
 	idle    []*apiConn            // open with nothing in flight, most recently used last
 	dialing int
-	waiting []*call // no connection could take them yet, oldest first; canceled ones are skipped
+	waiting []*call            // no connection could take them yet, oldest first; canceled ones are skipped
 	queued  map[*Request]*call // the waiting calls that are not canceled, for Cancel
 	closed  bool
 	warned  map[string]bool // causes already logged

@@ -27,8 +27,9 @@ type Header = http1.Header
 // Request is one request to the API.
 type Request struct {
 	Method string // GET, POST or DELETE
-	// Path is appended to the API's base URL: the client's id as it
-	// appeared in its URL (already escaped).
+	// Path is appended to the API's base URL as it is: the client's
+	// canonical id, already escaped (gateway.EscapeID), so that it is
+	// one path segment under the base whatever the id.
 	Path string
 	// Query is the raw query string without '?', sent on GET only.
 	Query       string
