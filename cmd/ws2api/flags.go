@@ -35,6 +35,7 @@ type config struct {
 	cpuProfile, memProfile string
 
 	maxConnsPerHost     int
+	pipeline            int // ignored; see its flag
 	maxIdleConnsPerHost int
 	timeout             time.Duration
 
@@ -90,7 +91,7 @@ var flagGroups = []struct {
 	{"Listeners", []string{"listen", "control", "api", "api-file"}},
 	{"Security", []string{"control-token", "control-hosts", "tls-cert", "tls-key", "origins"}},
 	{"Cluster", []string{"redis", "cluster-prefix", "relay-timeout"}},
-	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers", "trusted-proxies"}},
+	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers", "trusted-proxies", "pipeline"}},
 	{"Limits", []string{"max-conns", "max-connecting", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-outgoing-total", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
@@ -108,6 +109,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.cpuProfile, "cpuprofile", "", "write a CPU profile of the whole run to `file`")
 	fs.StringVar(&cfg.memProfile, "memprofile", "", "write a heap profile at exit to `file`")
 	fs.IntVar(&cfg.maxConnsPerHost, "max-conns-per-host", 256, "most connections open to the API; requests beyond wait in a queue")
+	fs.IntVar(&cfg.pipeline, "pipeline", 1, "ignored: requests to the API go one at a time on each connection (no pipelining, so no head-of-line blocking); kept so that old command lines still start")
 	fs.IntVar(&cfg.maxIdleConnsPerHost, "max-idle-conns-per-host", 256, "most idle connections to the API kept for reuse")
 	fs.DurationVar(&cfg.timeout, "timeout", 60*time.Second, "time the API has to answer one request")
 	fs.DurationVar(&cfg.retryFirst, "retry-first", 100*time.Millisecond, "wait before the first retry of a failed request (doubles each time)")

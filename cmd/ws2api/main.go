@@ -257,6 +257,9 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	go func() { gwDone <- gw.Serve(publicLn) }()
 
 	probed.Wait()
+	if cfg.pipeline != 1 {
+		log.Warn("-pipeline is ignored: requests to the API go one at a time on each connection", "pipeline", cfg.pipeline)
+	}
 	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
 		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
 		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns(), "node", gw.Node(), "cluster", bus != nil)

@@ -201,8 +201,12 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 		return 0, false
 	}
 	path, rawQuery, _ := strings.Cut(head.Target, "?")
+	host := head.Get("Host")
+	if head.Authority != "" {
+		host = head.Authority // an absolute-form target's, as net/http takes it
+	}
 	if refused, ok := h.admit(admission{
-		method: head.Method, path: path, host: head.Get("Host"),
+		method: head.Method, path: path, host: host,
 		origin: head.Get("Origin"), fetchSite: head.Get("Sec-Fetch-Site"),
 		authorization: head.Get("Authorization"),
 	}); !ok {

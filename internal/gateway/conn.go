@@ -456,11 +456,10 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	if c.state == stClosed {
 		return
 	}
-	authorizing := c.state == stAuthorizing
 	c.state = stClosed
 	c.in = nil
 	c.retireOut()
-	if authorizing {
+	if c.get != nil { // also after a refusal while the API decided
 		c.abandonLocked()
 	}
 	if c.admitted && c.get == nil { // a GET in flight keeps its place until answered

@@ -147,6 +147,34 @@ func TestMessagesOverTheRateArePacedNotDropped(t *testing.T) {
 	}
 }
 
+// A rate below one message a second still lets one through at once, then
+// one per interval (a second's worth of a rate of 0.5 is less than one
+// message, and every message once waited for ever).
+func TestARateBelowOneASecondStillPaces(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxMessageRate: 0.5}})
+	c := testkit.Dial(t, h.url("slowrate"), nil)
+	start := time.Now()
+	for _, m := range []string{"one", "two"} {
+		if err := c.WriteMessage(websocket.TextMessage, []byte(m)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, got := testkit.Read(t, c, wait); got != "echo:one" {
+		t.Fatalf("first: %q", got)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the first message waited %v", d)
+	}
+	if _, got := testkit.Read(t, c, wait); got != "echo:two" {
+		t.Fatalf("second: %q", got)
+	}
+	if d := time.Since(start); d < 1500*time.Millisecond {
+		t.Errorf("the second message came after %v, want about 2s", d)
+	}
+}
+
 func TestDeadPeerIsClosedAndItsDELETESent(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)

@@ -129,9 +129,10 @@ func (c *conn) heard() {
 // rateWait returns how long a POST of c's starting at now must wait to
 // keep c within MaxMessageRate, or 0 if it may go now (it is then counted).
 // The rule is GCRA: a client may send a second's worth of messages at
-// once, then one per interval; the messages beyond wait their turn in
-// c's queue. The clock is s.epoch's monotonic one: a step of the wall
-// clock cannot hold a client back.
+// once (at least one, for a rate below one a second), then one per
+// interval; the messages beyond wait their turn in c's queue. The clock is
+// s.epoch's monotonic one: a step of the wall clock cannot hold a client
+// back.
 func (c *conn) rateWait(now time.Time) time.Duration {
 	interval := c.s.rateInterval
 	if interval == 0 {
@@ -139,7 +140,7 @@ func (c *conn) rateWait(now time.Time) time.Duration {
 	}
 	t := int64(now.Sub(c.s.epoch))
 	tat := max(c.rateTAT, t)
-	if wait := tat - t - (int64(time.Second) - interval); wait > 0 {
+	if wait := tat - t - burst(interval); wait > 0 {
 		return time.Duration(wait)
 	}
 	c.rateTAT = tat + interval
@@ -180,9 +181,15 @@ func (c *conn) controlFrame() bool {
 // counted in *tat.
 func conforms(tat *int64, t, interval int64) bool {
 	at := max(*tat, t)
-	if at-t > int64(time.Second)-interval {
+	if at-t > burst(interval) {
 		return false
 	}
 	*tat = at + interval
 	return true
 }
+
+// burst is GCRA's tolerance for a rate of one per interval: a second's
+// worth of events at once, and never less than one (with a rate below one
+// a second, a second's worth is less than one, and a tolerance below zero
+// would refuse every event for ever).
+func burst(interval int64) int64 { return max(int64(time.Second)-interval, 0) }

@@ -158,10 +158,8 @@ func TestOneConnectionsMessagesStayInOrder(t *testing.T) {
 }
 
 // Connections do not wait for each other: the API holds one connection's
-// message until another's arrives. (The other is sent once the first has
-// been with the API for longer than the pipelining budget of 1 ms: sooner
-// than that it may share its API connection, which is what lets a fast API
-// take many messages per write.)
+// message until another's arrives, which it can only do if the other is
+// not queued behind the first on its API connection.
 func TestConnectionsAreServedConcurrently(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)

@@ -109,7 +109,7 @@ func New() *Metrics {
 	}
 	m.BytesOut = m.counter("ws2api_message_bytes_out_total", "Payload bytes of messages written to clients.")
 	m.APIRefused = m.counter("ws2api_api_refused_total", "Client messages the API answered with 4xx (not retried).")
-	m.declare("ws2api_api_retries_total", "counter", "Requests to the API sent again, by the cause of the failure before (unreachable: never sent; status: a 5xx; timeout, lost, malformed: may have been processed).")
+	m.declare("ws2api_api_retries_total", "counter", "Requests to the API sent again, by the cause of the failure before (unreachable: never sent; status: an answer neither 2xx nor 4xx, mostly a 5xx; timeout, lost, malformed: may have been processed).")
 	m.APIRetries = map[string]*vm.Counter{}
 	for _, c := range upstream.Causes {
 		m.APIRetries[c] = m.set.NewCounter(fmt.Sprintf(`ws2api_api_retries_total{cause=%q}`, c))

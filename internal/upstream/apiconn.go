@@ -32,6 +32,7 @@ type apiConn struct {
 	// Guarded by mu.
 	mu        sync.Mutex
 	call      *call // the request in flight, nil when idle
+	keepAll   bool  // call is a GET: its answer's headers are all kept
 	started   bool  // a byte of call's answer has arrived
 	served    int   // answers completed on this connection
 	lastUsed  time.Time
@@ -65,8 +66,7 @@ func (pc *apiConn) send(c *call) {
 		pc.h.submit(c) // it closed while idle: another connection takes it
 		return
 	}
-	pc.call, pc.started = c, false
-	c.sent = time.Now()
+	pc.call, pc.started, pc.keepAll = c, false, c.r.Method == "GET"
 	pc.out = appendRequest(pc.out[:0], c.r, pc.h.host, pc.h.base)
 	if pc.nb == nil {
 		pc.mu.Unlock()
@@ -182,19 +182,18 @@ func (pc *apiConn) end(err error) {
 	}
 }
 
-// current returns the request in flight, or nil.
-func (pc *apiConn) current() *call {
+// answering notes that the answer to the request in flight has begun (if
+// the connection is lost now, the request was surely seen) and says
+// whether to keep all its headers; ok is false with no request in flight.
+// The reader never touches the call itself: a timeout may take it meanwhile.
+func (pc *apiConn) answering() (keepAll, ok bool) {
 	pc.mu.Lock()
 	defer pc.mu.Unlock()
-	return pc.call
-}
-
-// answering notes that the answer to the request in flight has begun: if
-// the connection is lost now, the request was surely seen.
-func (pc *apiConn) answering() {
-	pc.mu.Lock()
+	if pc.call == nil {
+		return false, false
+	}
 	pc.started = true
-	pc.mu.Unlock()
+	return pc.keepAll, true
 }
 
 // age returns how long the request in flight has waited since it was
@@ -206,6 +205,22 @@ func (pc *apiConn) age(now time.Time) (oldest, idle time.Duration) {
 		return now.Sub(pc.call.start), 0
 	}
 	return 0, now.Sub(pc.lastUsed)
+}
+
+// timeOut closes the connection if its request in flight has waited
+// longer than limit since it was queued. The connection is marked dead in
+// the same step as the check, under pc.mu, so no other request can be
+// sent on it before the close and be taken for the one that timed out.
+func (pc *apiConn) timeOut(now time.Time, limit time.Duration) {
+	pc.mu.Lock()
+	late := pc.call != nil && now.Sub(pc.call.start) > limit
+	if late {
+		pc.dead.Store(true) // from here no request can be sent on it
+	}
+	pc.mu.Unlock()
+	if late {
+		pc.fail(ErrTimeout, true)
+	}
 }
 
 // complete hands the whole answer to the request in flight. The response

@@ -298,3 +298,31 @@ func TestHostClientOpensAConnectionForWaitingRequestsWhenOneDies(t *testing.T) {
 		t.Fatalf("the dropped request was answered: %+v", r)
 	}
 }
+
+// A stray CRLF after an answer (some servers send one) is skipped, even
+// when the next request is already on the connection: it once became the
+// start of the next answer's head, which was then refused as malformed.
+func TestHostClientSkipsAStrayCRLFBetweenAnswers(t *testing.T) {
+	t.Parallel()
+	url, accepted := rawServer(t, func(c net.Conn, br *bufio.Reader) {
+		for {
+			if _, err := http.ReadRequest(br); err != nil {
+				return
+			}
+			c.Write([]byte("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok\r\n"))
+		}
+	})
+	p := newTestClient(t, HostOptions{BaseURL: url, MaxConns: 1})
+	var wg sync.WaitGroup
+	for i := range 20 {
+		wg.Go(func() {
+			if r := do(p, &Request{Method: "POST", Path: "x"}); r.err != nil || r.body != "ok" {
+				t.Errorf("request %d: %+v", i, r)
+			}
+		})
+	}
+	wg.Wait()
+	if n := accepted.Load(); n != 1 {
+		t.Fatalf("%d connections: the stray CRLF broke one", n)
+	}
+}

@@ -82,8 +82,9 @@ func (o HostOptions) withDefaults() HostOptions {
 // connection, so a slow answer delays only its own client.
 //
 // The callbacks run on a connection's reader (its poller for plain
-// connections): the response and its body are valid only until done
-// returns.
+// connections) with an answer, and on the janitor, a dialer or a closing
+// connection's goroutine with an error: never under the client's locks.
+// The response and its body are valid only until done returns.
 type HostClient struct {
 	// Static after construction.
 	opts    HostOptions
@@ -282,11 +283,16 @@ func (h *HostClient) dial() {
 		err = fmt.Errorf("%w: %s closed the connection as it opened", ErrUnreachable, h.addr)
 	}
 	if err != nil {
-		// Every waiting request fails now, unsent (ErrUnreachable): a
-		// Pool gives it to another backend at once, and the gateway's
-		// retry backs off. None is left waiting for a connection that
-		// may never come.
-		failed := h.takeWaiting()
+		// With no connection left to serve them, the waiting requests
+		// fail now, unsent (ErrUnreachable): a Pool gives them to another
+		// backend at once, and the gateway's retry backs off. None is
+		// left waiting for a connection that may never come. While
+		// connections are open, they take the waiting requests as their
+		// answers come (and if those die, this is decided again).
+		var failed []*call
+		if len(h.conns) == 0 {
+			failed = h.takeWaiting()
+		}
 		h.mu.Unlock()
 		if pc != nil {
 			pc.fail(err, false)
@@ -491,21 +497,29 @@ func (h *HostClient) janitor() {
 		for pc := range h.conns {
 			conns = append(conns, pc)
 		}
-		idle := slices.Clone(h.idle)
+		// Idle ones to close, the least recently used first, are taken out
+		// of the idle list here, under h.mu, so that no request can be
+		// given to one of them meanwhile.
+		var retire []*apiConn
+		keepIdle := h.idle[:0]
+		for i, pc := range h.idle {
+			if _, d := pc.age(now); d > h.opts.IdleTimeout || len(h.idle)-i > h.opts.MaxIdle {
+				retire = append(retire, pc)
+			} else {
+				keepIdle = append(keepIdle, pc)
+			}
+		}
+		clear(h.idle[len(keepIdle):])
+		h.idle = keepIdle
 		h.mu.Unlock()
+		for _, pc := range retire {
+			pc.fail(errIdle, false)
+		}
 		for _, c := range expired {
-			h.finish(c, nil, fmt.Errorf("%w: no connection to %s within %v", ErrTimeout, h.addr, h.opts.Timeout))
+			h.finish(c, nil, fmt.Errorf("%w: %w: no connection to %s within %v", ErrUnreachable, ErrTimeout, h.addr, h.opts.Timeout))
 		}
 		for _, pc := range conns {
-			if oldest, _ := pc.age(now); oldest > h.opts.Timeout {
-				pc.fail(ErrTimeout, true)
-			}
-		}
-		// Idle ones: the least recently used go first.
-		for i, pc := range idle {
-			if _, d := pc.age(now); d > h.opts.IdleTimeout || len(idle)-i > h.opts.MaxIdle {
-				pc.fail(errIdle, false)
-			}
+			pc.timeOut(now, h.opts.Timeout)
 		}
 	}
 }

@@ -221,10 +221,12 @@ func (pl *Pool) outcome(b *backend, o Outcome) {
 	if o == Failed {
 		if int(b.fails.Add(1)) >= pl.opts.FailAfter && b.healthy.Swap(false) {
 			pl.event(b.base, BackendDown)
-			pl.checkAllDown()
-			// What waits for one of its connections goes elsewhere now
-			// (Do sends an unsent request on to the next backend).
-			go b.client.failWaiting(fmt.Errorf("%w: %s is out", ErrUnreachable, b.base))
+			if !pl.checkAllDown() {
+				// What waits for one of its connections goes to a healthy
+				// backend now (Do sends an unsent request on). With none
+				// healthy it stays: nowhere else would serve it sooner.
+				go b.client.failWaiting(fmt.Errorf("%w: %s is out", ErrUnreachable, b.base))
+			}
 		}
 		return
 	}
@@ -241,13 +243,15 @@ func (pl *Pool) up(b *backend) {
 	}
 }
 
-func (pl *Pool) checkAllDown() {
+// checkAllDown notes, and reports, whether no backend is healthy.
+func (pl *Pool) checkAllDown() bool {
 	for _, b := range *pl.serving.Load() {
 		if b.healthy.Load() {
-			return
+			return false
 		}
 	}
 	pl.allDown.Store(true)
+	return true
 }
 
 // Do implements [Client]: the request goes to the next healthy backend, or

@@ -264,3 +264,45 @@ func TestPoolMovesWaitingRequestsOffADeadBackend(t *testing.T) {
 		t.Fatalf("%d answered by the live backend, %d failed; only the one in flight on the dead backend may fail", answered, failed)
 	}
 }
+
+// A lone backend that answers 5xx a few times in a row is taken out, but
+// the requests waiting for its connection stay with it (no other backend
+// could serve them): they were once all failed as unreachable.
+func TestPoolKeepsWaitingRequestsWhenItsOnlyBackendGoesOut(t *testing.T) {
+	t.Parallel()
+	var n atomic.Int32
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
+		time.Sleep(20 * time.Millisecond)
+		if n.Add(1) <= 3 {
+			w.WriteHeader(http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprint(w, "ok")
+	})}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	t.Cleanup(func() { srv.Close() })
+	pl, err := NewPool([]string{"http://" + ln.Addr().String() + "/"}, PoolOptions{Host: HostOptions{MaxConns: 1}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(pl.Close)
+	results := make(chan result, 7)
+	for range 7 {
+		go func() { results <- do(pl, &Request{Method: "POST", Path: "x"}) }()
+	}
+	statuses := map[int]int{}
+	for range 7 {
+		r := <-results
+		if r.err != nil {
+			t.Fatalf("a request failed: %v", r.err)
+		}
+		statuses[r.status]++
+	}
+	if statuses[503] != 3 || statuses[200] != 4 {
+		t.Fatalf("answers %v, want three 503s and four 200s", statuses)
+	}
+}

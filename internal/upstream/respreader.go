@@ -1,6 +1,7 @@
 package upstream
 
 import (
+	"bytes"
 	"errors"
 	"fmt"
 
@@ -48,20 +49,23 @@ func (r *respReader) feed(pc *apiConn, data []byte) error {
 	for len(data) > 0 {
 		switch r.state {
 		case readHead:
-			c := pc.current()
-			if c == nil {
-				if r.head == nil && onlyCRLF(data) {
+			if len(r.head) == 0 {
+				// Some servers end an answer with a stray CRLF: between
+				// answers, empty lines are skipped (RFC 9112 section 2.2).
+				if data = bytes.TrimLeft(data, "\r\n"); len(data) == 0 {
 					return nil
 				}
+			}
+			keepAll, ok := pc.answering()
+			if !ok {
 				return fmt.Errorf("%w: %d bytes with no request waiting for them", http1.ErrMalformed, len(data))
 			}
-			pc.answering()
 			buf := data
 			if len(r.head) > 0 {
 				r.head = append(r.head, data...)
 				buf = r.head
 			}
-			ok, err := http1.ParseResponseHead(buf, c.r.Method == "GET", &r.h)
+			ok, err := http1.ParseResponseHead(buf, keepAll, &r.h)
 			if err != nil {
 				return err
 			}
@@ -140,7 +144,7 @@ func (r *respReader) feed(pc *apiConn, data []byte) error {
 // finish delivers a whole answer; rest is what arrived after it.
 func (r *respReader) finish(pc *apiConn, body, rest []byte) error {
 	r.state = readHead
-	if len(rest) > 0 && !onlyCRLF(rest) {
+	if len(bytes.TrimLeft(rest, "\r\n")) > 0 {
 		return fmt.Errorf("%w: %d bytes past the end of the answer its head announced", http1.ErrMalformed, len(rest))
 	}
 	body = r.keep(body)
@@ -172,13 +176,4 @@ func (r *respReader) eof(pc *apiConn) {
 	}
 	r.state = readHead
 	pc.complete(&r.h, r.keep(r.body), r.over)
-}
-
-func onlyCRLF(b []byte) bool {
-	for _, c := range b {
-		if c != '\r' && c != '\n' {
-			return false
-		}
-	}
-	return true
 }

@@ -106,7 +106,8 @@ type Client interface {
 	// and nothing of r reaches the API. A request already sent runs its
 	// course.
 	Cancel(r *Request) bool
-	// Close stops the client's goroutines after the requests in flight end.
+	// Close fails the requests waiting or in flight with [ErrClosed],
+	// closes the connections and stops the client's goroutines.
 	Close()
 }
 
