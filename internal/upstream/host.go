@@ -113,7 +113,6 @@ type call struct {
 	r        *Request
 	done     func(*Response, error)
 	start    time.Time // queued by Do: the timeout runs from here
-	sent     time.Time // written on its current connection
 	requeued bool      // sent again once after a keep-alive connection closed under it
 	canceled bool      // left the queue through Cancel: skipped, never sent
 }
