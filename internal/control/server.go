@@ -224,22 +224,21 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 	total := end + length
 	switch {
 	case chunked:
-		size, wire, err := http1.ChunkedEnd(b[end:])
-		if err != nil {
+		decoded, size, wire, err := http1.ChunkedBody(b[end:], h.opts.MaxBodyBytes)
+		switch {
+		case err != nil:
 			c.fail(http.StatusBadRequest, err.Error())
 			return 0, false
-		}
-		if wire == 0 {
+		case size > h.opts.MaxBodyBytes:
+			c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())
+			return 0, false
+		case wire == 0:
 			if len(b)-end > int(h.opts.MaxBodyBytes)+maxRequestHead {
 				c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())
 			}
 			return 0, false
 		}
-		if int64(size) > h.opts.MaxBodyBytes {
-			c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())
-			return 0, false
-		}
-		body = http1.Dechunk(nil, b[end:end+wire])
+		body = decoded
 		total = end + wire
 	case int64(length) > h.opts.MaxBodyBytes:
 		c.fail(http.StatusRequestEntityTooLarge, h.tooLargeText())

@@ -28,6 +28,24 @@ const (
 	chunkDone
 )
 
+// ChunkedBody decodes a chunked body at the start of b if b holds all of
+// it: its decoded size and the bytes it takes on the wire (trailers
+// included), and the body itself unless it is over max (then nil). wire is
+// 0 while b does not hold all of it yet.
+func ChunkedBody(b []byte, max int64) (body []byte, size int64, wire int, err error) {
+	var measure Chunked
+	_, wire, done, err := measure.Feed(nil, b, false)
+	if err != nil || !done {
+		return nil, measure.Size(), 0, err
+	}
+	if measure.Size() > max {
+		return nil, measure.Size(), wire, nil
+	}
+	var c Chunked
+	body, _, _, _ = c.Feed(make([]byte, 0, measure.Size()), b[:wire], true)
+	return body, c.Size(), wire, nil
+}
+
 // maxChunkLine bounds a chunk-size or trailer line.
 const maxChunkLine = 4096
 

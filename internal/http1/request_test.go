@@ -89,15 +89,15 @@ func FuzzRequestHead(f *testing.F) {
 		}
 		rest := b[end:]
 		if chunked {
-			size, wire, err := ChunkedEnd(rest)
+			body, size, wire, err := ChunkedBody(rest, 1<<20)
 			if err != nil || wire == 0 {
 				return
 			}
 			if wire > len(rest) {
 				t.Fatalf("chunked body of %d wire bytes in %d", wire, len(rest))
 			}
-			if got := len(Dechunk(nil, rest[:wire])); got != size {
-				t.Fatalf("dechunked %d bytes, measured %d", got, size)
+			if size <= 1<<20 && int64(len(body)) != size {
+				t.Fatalf("dechunked %d bytes, measured %d", len(body), size)
 			}
 		}
 	})

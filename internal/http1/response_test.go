@@ -59,20 +59,20 @@ func TestParseHead(t *testing.T) {
 
 func TestChunked(t *testing.T) {
 	in := "5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\nNEXT"
-	size, wire, err := ChunkedEnd([]byte(in))
-	if err != nil || size != 11 || wire != len(in)-4 {
-		t.Fatalf("chunkedEnd = %d %d %v", size, wire, err)
-	}
-	if got := string(Dechunk(nil, []byte(in[:wire]))); got != "hello world" {
-		t.Fatalf("dechunk = %q", got)
+	body, size, wire, err := ChunkedBody([]byte(in), 1<<20)
+	if err != nil || size != 11 || wire != len(in)-4 || string(body) != "hello world" {
+		t.Fatalf("ChunkedBody = %q %d %d %v", body, size, wire, err)
 	}
 	for i := range wire {
-		if _, w, err := ChunkedEnd([]byte(in[:i])); err != nil || w != 0 {
+		if _, _, w, err := ChunkedBody([]byte(in[:i]), 1<<20); err != nil || w != 0 {
 			t.Fatalf("prefix of %d bytes: wire %d err %v", i, w, err)
 		}
 	}
-	if _, _, err := ChunkedEnd([]byte("zz\r\n")); err == nil {
+	if _, _, _, err := ChunkedBody([]byte("zz\r\n"), 1<<20); err == nil {
 		t.Fatal("bad chunk size accepted")
+	}
+	if body, size, wire, _ := ChunkedBody([]byte(in), 5); body != nil || size != 11 || wire == 0 {
+		t.Fatalf("over the limit: %q %d %d", body, size, wire)
 	}
 }
 
@@ -94,15 +94,15 @@ func FuzzResponseParser(f *testing.F) {
 		}
 		rest := b[h.HeadLen:]
 		if h.Chunked {
-			size, wire, err := ChunkedEnd(rest)
+			body, size, wire, err := ChunkedBody(rest, 1<<20)
 			if err != nil || wire == 0 {
 				return
 			}
 			if wire > len(rest) {
 				t.Fatalf("chunked body of %d wire bytes in %d", wire, len(rest))
 			}
-			if got := len(Dechunk(nil, rest[:wire])); got != size {
-				t.Fatalf("dechunked %d bytes, measured %d", got, size)
+			if size <= 1<<20 && int64(len(body)) != size {
+				t.Fatalf("dechunked %d bytes, measured %d", len(body), size)
 			}
 		}
 		for _, hd := range h.Header {
