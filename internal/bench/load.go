@@ -32,7 +32,7 @@ import (
 	"github.com/ws2api/ws2api/internal/upstream"
 )
 
-// Main is `ws2api bench [api|worker] [flags]`.
+// Main is `ws2api bench [api|floor|abandon|worker] [flags]`.
 func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io.Writer) error {
 	logging.SetLevel(logging.LevelError)
 	if len(args) > 0 {
@@ -41,6 +41,8 @@ func Main(ctx context.Context, args []string, stdin io.Reader, stdout, stderr io
 			return runAPI(ctx, args[1:], stdout)
 		case "floor":
 			return runFloor(ctx, args[1:], stdout)
+		case "abandon":
+			return runAbandon(ctx, args[1:], stdout)
 		case "worker":
 			return runWorker(ctx, stdin, stdout)
 		}
@@ -162,6 +164,8 @@ control API (-push-rate) and broadcast (-broadcasts).
   ws2api bench floor [-listen addr]     a WebSocket echo with no API: the
                                         machine's floor for one read and one
                                         write per message
+  ws2api bench abandon [-addr a -n N]   a storm of upgrades with large cookies
+                                        that hang up before any answer
 
 scripts/bench starts the echo API and a gateway and runs the tool against
 them; scripts/bench-targets runs every scenario of BENCHMARKS.md.
