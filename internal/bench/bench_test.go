@@ -2,12 +2,14 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"fmt"
 	"io"
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -129,5 +131,42 @@ func TestHistogramQuantiles(t *testing.T) {
 	}
 	if c.Total() != 1000 {
 		t.Fatalf("total %d", c.Total())
+	}
+}
+
+// The abandon storm sends whole upgrade heads with the cookie asked for,
+// and hangs up on each.
+func TestAbandonSendsHeadsAndHangsUp(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	var heads, hangups atomic.Int32
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			go func() {
+				defer c.Close()
+				b, _ := io.ReadAll(c) // to the client's hang-up
+				if bytes.HasPrefix(b, []byte("GET /abandon")) && bytes.Contains(b, []byte("Cookie: s="+strings.Repeat("c", 100)+"\r\n")) && bytes.HasSuffix(b, []byte("\r\n\r\n")) {
+					heads.Add(1)
+				}
+				hangups.Add(1)
+			}()
+		}
+	}()
+	var out bytes.Buffer
+	if err := runAbandon(context.Background(), []string{"-addr", ln.Addr().String(), "-n", "20", "-cookie", "100", "-hold", "1ms", "-settle", "0"}, &out); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(5 * time.Second); hangups.Load() < 20 && time.Now().Before(deadline); {
+		time.Sleep(5 * time.Millisecond)
+	}
+	if heads.Load() != 20 || !strings.Contains(out.String(), "20 upgrades") {
+		t.Fatalf("%d whole heads of 20, %d hang-ups; output:\n%s", heads.Load(), hangups.Load(), out.String())
 	}
 }
