@@ -186,7 +186,7 @@ Flags:
 	fs.StringVar(&o.Prefix, "prefix", "bench-", "client id prefix")
 	fs.IntVar(&o.Procs, "procs", 0, "worker processes (0: one per 18,000 connections)")
 	sources := fs.String("sources", "auto", "spread connections over 127.0.1.x source addresses: on, off, or auto (on past 20,000 connections, where one address runs short of ports)")
-	fs.BoolVar(&o.Once, "once", false, "once all are connected, every connection sends one message")
+	fs.BoolVar(&o.Once, "once", false, "once all are connected, every connection sends one message, and the run waits (up to a minute) until each is echoed back")
 	fs.IntVar(&o.PID, "pid", 0, "the gateway's process id, to report its memory and CPU")
 	fs.StringVar(&o.Control, "control", "http://127.0.0.1:7002", "the gateway's control listener, for pushes and broadcasts")
 	fs.IntVar(&o.PushRate, "push-rate", 0, "pushes a second through the control API, to random clients")
