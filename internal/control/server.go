@@ -130,6 +130,56 @@ type ctlConn struct {
 	gone    atomic.Bool
 
 	lastSlow chan struct{} // closed when the latest slow request is done
+
+	// Closing after an answer waits until the kernel has taken all of it:
+	// nbio drops what it still holds when a connection closes, so an answer
+	// that did not fit the socket's buffer at once (under memory pressure,
+	// a fresh socket's is small) was cut, and the client read nothing.
+	handed    atomic.Int64 // bytes given to Write
+	taken     atomic.Int64 // bytes the kernel took (loop.WriteObserver)
+	closeDue  atomic.Bool  // close once taken catches up with handed
+	closeOnce sync.Once
+}
+
+var _ loop.WriteObserver = (*ctlConn)(nil)
+
+// closeLinger bounds the wait for a client to take an answer before the
+// connection closes anyway.
+const closeLinger = 5 * time.Second
+
+// OnWritten counts what the kernel took, and closes a connection whose
+// last answer is all written (loop.WriteObserver). It runs under nbio's
+// lock of the connection: the close happens on another goroutine.
+func (c *ctlConn) OnWritten(n int) {
+	if c.taken.Add(int64(n)) == c.handed.Load() && c.closeDue.Load() {
+		go c.closeNow()
+	}
+}
+
+// closeWhenWritten ends the connection once its answers are written, or
+// after closeLinger.
+func (c *ctlConn) closeWhenWritten() {
+	c.closeDue.Store(true)
+	if c.taken.Load() == c.handed.Load() {
+		c.closeNow()
+		return
+	}
+	time.AfterFunc(closeLinger, c.closeNow)
+}
+
+// closeNow ends the connection: its writing side is shut down, so that the
+// client reads the answers and then the end and closes, and the poller
+// closes the socket on the client's hangup (see loop.CloseWrite: a close
+// from this goroutine could end another connection). A client that does
+// not hang up within closeLinger is closed then.
+func (c *ctlConn) closeNow() {
+	c.closeOnce.Do(func() {
+		if nb, ok := c.nc.(*nbio.Conn); ok && loop.CloseWrite(nb) {
+			time.AfterFunc(closeLinger, func() { _ = c.nc.Close() })
+			return
+		}
+		_ = c.nc.Close()
+	})
 }
 
 // writer is where a connection's answers go: its *nbio.Conn.
@@ -340,10 +390,11 @@ func (c *ctlConn) flushLocked() {
 	}
 	c.answers = c.answers[:len(c.answers)-n]
 	if !c.gone.Load() {
+		c.handed.Add(int64(len(out)))
 		_, _ = c.nc.Write(out)
 	}
 	if closeAfter {
-		_ = c.nc.Close()
+		c.closeWhenWritten()
 	}
 	if cap(out) <= 64<<10 {
 		c.out = out[:0]

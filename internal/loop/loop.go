@@ -172,6 +172,28 @@ func (l *Loop) onRead(c *nbio.Conn) {
 	}
 }
 
+// CloseWrite shuts down the writing side of c if it is still open (the
+// peer reads what the kernel holds for it, then the end), and reports
+// whether it did. Bytes nbio still buffers for c would be lost: call it once
+// everything written has reached the kernel (see WriteObserver).
+//
+// It is the safe way to end a connection from outside its poller: nbio
+// keeps the events one epoll_wait returned and handles them one by one,
+// looking each socket up by its descriptor. A socket closed by another
+// goroutine in the meantime frees its descriptor, the next accepted
+// connection can get the same number, and a hangup event of the old one,
+// still in the poller's batch, then closes the new one (seen: a control
+// request answered with nothing). After CloseWrite the peer closes, and
+// the poller closes the socket while it handles that socket's own event.
+func CloseWrite(c *nbio.Conn) bool {
+	c.Lock()
+	defer c.Unlock()
+	if closed, _ := c.IsClosed(); closed {
+		return false // nbio marks it closed, under this lock, before it frees the descriptor
+	}
+	return syscall.Shutdown(c.Hash(), syscall.SHUT_WR) == nil
+}
+
 // hungUp reports whether the peer of socket fd has shut down its side.
 func hungUp(fd int) bool {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}

@@ -2,6 +2,7 @@ package loop
 
 import (
 	"bytes"
+	"io"
 	"net"
 	"os"
 	"sync"
@@ -121,5 +122,61 @@ func TestEveryByteBeforeAHangupIsDelivered(t *testing.T) {
 	defer r.mu.Unlock()
 	if !bytes.Equal(r.got, sent) {
 		t.Fatalf("delivered %d of the %d bytes sent before the hangup", len(r.got), len(sent))
+	}
+}
+
+// CloseWrite ends a connection from outside its poller without closing
+// the descriptor: the peer reads everything, then the end, and when it
+// hangs up the poller closes the socket. Once closed, CloseWrite does
+// nothing.
+func TestCloseWriteLetsThePeerReadToTheEndThenThePollerCloses(t *testing.T) {
+	l, err := New("t", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer peer.Close()
+	ours, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := &recorder{closed: make(chan error, 1)}
+	nb, err := l.Add(ours, r)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nb.Write([]byte("the answer")); err != nil {
+		t.Fatal(err)
+	}
+	if !CloseWrite(nb) {
+		t.Fatal("CloseWrite of an open connection did nothing")
+	}
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	got, err := io.ReadAll(peer)
+	if err != nil || string(got) != "the answer" {
+		t.Fatalf("the peer read %q, %v", got, err)
+	}
+	select {
+	case <-r.closed:
+		t.Fatal("closed before the peer hung up")
+	default:
+	}
+	peer.Close()
+	select {
+	case <-r.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the poller did not close the socket after the peer hung up")
+	}
+	if CloseWrite(nb) {
+		t.Fatal("CloseWrite of a closed connection reported success")
 	}
 }
