@@ -95,8 +95,10 @@ func (c *conn) retireOut() {
 // shed closes the clients with the largest backlogs until the total, with
 // need bytes more, is within three quarters of MaxOutgoingTotal. c, whose
 // lock is held, is the writer: it reports whether c is still open. It
-// takes no other connection's lock: a shed client's socket is closed,
-// which is safe from any goroutine, and its OnClose does the rest.
+// takes no other connection's lock: a shed client's socket is closed
+// from this goroutine and its OnClose does the rest. (A close off the
+// poller can meet nbio's stale-event hazard, see loop.CloseWrite; a shed
+// client is not sent anything more, so it is closed outright.)
 func (s *Server) shed(c *conn, need int64) bool {
 	s.shedMu.Lock()
 	defer s.shedMu.Unlock()

@@ -5,9 +5,9 @@
 //
 // Each connection has a [Handler]; the loop calls it with what its socket
 // delivered and when it closed, on the poller goroutine that owns the
-// socket. [Loop.Later] runs a task on a poller's next turn: work gathered
-// while the poller handled one batch of ready sockets (requests for the
-// API, say) is then done once for the whole batch.
+// socket. [Loop.Later] runs a task on a poller's next turn; New uses it to
+// know that every poller runs before it returns (nbio loses a Stop that
+// comes earlier).
 package loop
 
 import (
@@ -282,12 +282,6 @@ func (l *Loop) AddAccepted(conn net.Conn) error {
 func (l *Loop) DialAsync(addr string, done func(*nbio.Conn, error)) error {
 	return l.engine.DialAsync("tcp", addr, done)
 }
-
-// Pollers is the number of poller goroutines.
-func (l *Loop) Pollers() int { return len(l.later) }
-
-// PollerOf returns the index of the poller that owns c.
-func (l *Loop) PollerOf(c *nbio.Conn) int { return c.Hash() % len(l.later) }
 
 // Later runs t on poller p's next turn (at once if p is idle). Tasks
 // queued during one turn run together on the next.

@@ -155,14 +155,14 @@ func (r *respReader) finish(pc *apiConn, body, rest []byte) error {
 	return nil
 }
 
-// keep returns body, or nothing if it was over the limit; a large buffer
-// is not kept for the next answer.
+// keep returns body, or nothing if it was over the limit. A large buffer
+// is not kept for the next answer (body still holds it until delivered).
 func (r *respReader) keep(body []byte) []byte {
-	if r.over {
-		body = nil
-	}
 	if cap(r.body) > 256<<10 {
-		defer func() { r.body = nil }()
+		r.body = nil
+	}
+	if r.over {
+		return nil
 	}
 	return body
 }
