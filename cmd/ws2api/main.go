@@ -10,7 +10,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"os/signal"
 	"runtime"
@@ -328,30 +327,26 @@ func probeBackends(bases []string, log *slog.Logger) *sync.WaitGroup {
 	var wg sync.WaitGroup
 	for _, base := range bases {
 		wg.Go(func() {
-			c, err := net.DialTimeout("tcp", backendAddr(base), probeTimeout)
+			u, err := upstream.ParseBaseURL(base)
 			if err != nil {
 				log.Warn("API backend unreachable at start-up; serving anyway", "backend", base, "error", err)
 				return
 			}
-			c.Close()
+			start := time.Now()
+			c, err := net.DialTimeout("tcp", upstream.BackendAddr(u), probeTimeout)
+			if err != nil {
+				log.Warn("API backend unreachable at start-up; serving anyway", "backend", base, "error", err)
+				return
+			}
+			defer c.Close()
+			if u.Scheme == "h2c" {
+				if err := upstream.ProbeH2C(c, start.Add(probeTimeout)); err != nil {
+					log.Warn("API backend does not speak HTTP/2 at start-up; serving anyway", "backend", base, "error", err)
+				}
+			}
 		})
 	}
 	return &wg
-}
-
-// backendAddr returns the host:port of an API base URL (checked by the
-// flags).
-func backendAddr(base string) string {
-	u, err := url.Parse(base)
-	switch {
-	case err != nil:
-		return base // the dial fails and says so
-	case u.Port() != "":
-		return u.Host
-	case u.Scheme == "https":
-		return net.JoinHostPort(u.Hostname(), "443")
-	}
-	return net.JoinHostPort(u.Hostname(), "80")
 }
 
 // reload re-reads -api-file and the TLS certificate on SIGHUP; what fails

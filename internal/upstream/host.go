@@ -100,10 +100,10 @@ type HostClient struct {
 	conns   map[*apiConn]struct{} // every open connection
 	idle    []*apiConn            // open with nothing in flight, most recently used last
 	dialing int
-	waiting []*call            // no connection could take them yet, oldest first; canceled ones are skipped
-	queued  map[*Request]*call // the waiting calls that are not canceled, for Cancel
+	line    line // requests no connection could take yet
 	closed  bool
-	warned  map[string]bool // causes already logged
+
+	warned warnings
 
 	stop chan struct{}
 	wg   sync.WaitGroup
@@ -128,15 +128,11 @@ func NewHostClient(opts HostOptions) (*HostClient, error) {
 		return nil, err
 	}
 	h := &HostClient{
-		opts: opts, host: u.Host, addr: u.Host, base: u.EscapedPath(),
-		conns: map[*apiConn]struct{}{}, queued: map[*Request]*call{}, warned: map[string]bool{}, stop: make(chan struct{}),
+		opts: opts, host: u.Host, addr: BackendAddr(u), base: u.EscapedPath(),
+		conns: map[*apiConn]struct{}{}, line: newLine(), stop: make(chan struct{}),
 	}
-	if u.Port() == "" {
-		port := "80"
-		if u.Scheme == "https" {
-			port = "443"
-		}
-		h.addr = net.JoinHostPort(u.Hostname(), port)
+	if u.Scheme == "h2c" {
+		return nil, fmt.Errorf("api url %q: an h2c URL needs an HTTP/2 client (NewBackendClient)", opts.BaseURL)
 	}
 	if u.Scheme == "https" {
 		h.tls = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
@@ -178,63 +174,21 @@ func (h *HostClient) submit(c *call) {
 		pc.send(c)
 		return
 	}
-	h.queue(c)
+	h.line.push(c)
 	h.maybeDial()
 	h.mu.Unlock()
-}
-
-// queue puts c at the end of the waiting line. h.mu is held.
-func (h *HostClient) queue(c *call) {
-	h.waiting = append(h.waiting, c)
-	h.queued[c.r] = c
-}
-
-// dequeue takes the oldest waiting call that is not canceled, or nil.
-// h.mu is held.
-func (h *HostClient) dequeue() *call {
-	for len(h.waiting) > 0 {
-		c := h.waiting[0]
-		h.waiting[0] = nil
-		h.waiting = h.waiting[1:]
-		if c.canceled {
-			callPool.Put(c)
-			continue
-		}
-		delete(h.queued, c.r)
-		return c
-	}
-	h.waiting = nil
-	return nil
-}
-
-// takeWaiting empties the waiting line and returns its calls that are not
-// canceled. h.mu is held.
-func (h *HostClient) takeWaiting() []*call {
-	var out []*call
-	for c := h.dequeue(); c != nil; c = h.dequeue() {
-		out = append(out, c)
-	}
-	return out
 }
 
 // Cancel implements [Client]: a request still waiting for a connection
 // leaves the line at once, and what it holds is freed.
 func (h *HostClient) Cancel(r *Request) bool {
 	h.mu.Lock()
-	c, ok := h.queued[r]
-	if ok {
-		delete(h.queued, r)
-		c.canceled = true
-		method, start := r.Method, c.start
-		c.r, c.done = nil, nil // the line keeps only this empty call until it is skipped
-		h.mu.Unlock()
-		if o := h.opts.Observer; o != nil {
-			o.Finished(method, time.Since(start), false)
-		}
-		return true
-	}
+	method, start, ok := h.line.cancel(r)
 	h.mu.Unlock()
-	return false
+	if ok && h.opts.Observer != nil {
+		h.opts.Observer.Finished(method, time.Since(start), false)
+	}
+	return ok
 }
 
 // takeIdle returns the most recently used idle connection that is still
@@ -257,7 +211,7 @@ const maxDialing = 16
 // maybeDial opens connections for the waiting requests, as the limits
 // allow: one per request that no dial under way will take. h.mu is held.
 func (h *HostClient) maybeDial() {
-	for len(h.queued) > h.dialing && h.dialing < maxDialing && len(h.conns)+h.dialing < h.opts.MaxConns {
+	for h.line.len() > h.dialing && h.dialing < maxDialing && len(h.conns)+h.dialing < h.opts.MaxConns {
 		h.dialing++
 		h.wg.Add(1)
 		go h.dial()
@@ -290,7 +244,7 @@ func (h *HostClient) dial() {
 		// answers come (and if those die, this is decided again).
 		var failed []*call
 		if len(h.conns) == 0 {
-			failed = h.takeWaiting()
+			failed = h.line.takeAll()
 		}
 		h.mu.Unlock()
 		if pc != nil {
@@ -302,7 +256,7 @@ func (h *HostClient) dial() {
 		return
 	}
 	h.conns[pc] = struct{}{}
-	c := h.dequeue()
+	c := h.line.pop()
 	if c == nil {
 		h.idle = append(h.idle, pc)
 	}
@@ -366,7 +320,7 @@ func (h *HostClient) release(pc *apiConn) {
 		h.mu.Unlock()
 		return
 	}
-	if c := h.dequeue(); c != nil {
+	if c := h.line.pop(); c != nil {
 		h.mu.Unlock()
 		pc.send(c)
 		return
@@ -423,39 +377,17 @@ func (h *HostClient) lost(pc *apiConn, c *call, err error, how loss) {
 
 // warnOnce logs the first failure of each cause.
 func (h *HostClient) warnOnce(cause string, err error) {
-	if h.opts.Log == nil {
-		return
-	}
-	h.mu.Lock()
-	first := !h.warned[cause]
-	h.warned[cause] = true
-	h.mu.Unlock()
-	if first {
-		h.opts.Log.Warn("a request to the API failed without a usable answer (logged once per backend and cause; counted in ws2api_api_retries_total)",
-			"api", h.opts.BaseURL, "cause", cause, "error", err)
-	}
+	h.warned.once(h.opts.Log, h.opts.BaseURL, cause, err)
 }
 
 // finish completes a call; nothing refers to it afterwards.
-func (h *HostClient) finish(c *call, resp *Response, err error) {
-	outcome := Classify(resp, err)
-	if o := h.opts.Observer; o != nil {
-		o.Finished(c.r.Method, time.Since(c.start), outcome == Delivered)
-	}
-	if h.opts.outcome != nil && !errors.Is(err, ErrClosed) {
-		h.opts.outcome(outcome)
-	}
-	done := c.done
-	*c = call{}
-	callPool.Put(c)
-	done(resp, err)
-}
+func (h *HostClient) finish(c *call, resp *Response, err error) { h.opts.finish(c, resp, err) }
 
 // failWaiting fails every waiting request with err (a Pool sends them to
 // another backend).
 func (h *HostClient) failWaiting(err error) {
 	h.mu.Lock()
-	failed := h.takeWaiting()
+	failed := h.line.takeAll()
 	h.mu.Unlock()
 	for _, c := range failed {
 		h.finish(c, nil, err)
@@ -477,21 +409,7 @@ func (h *HostClient) janitor() {
 		}
 		now := time.Now()
 		h.mu.Lock()
-		var expired []*call
-		keep := h.waiting[:0]
-		for _, c := range h.waiting {
-			switch {
-			case c.canceled:
-				callPool.Put(c)
-			case now.Sub(c.start) > h.opts.Timeout:
-				delete(h.queued, c.r)
-				expired = append(expired, c)
-			default:
-				keep = append(keep, c)
-			}
-		}
-		clear(h.waiting[len(keep):])
-		h.waiting = keep
+		expired := h.line.expire(now, h.opts.Timeout)
 		conns := make([]*apiConn, 0, len(h.conns))
 		for pc := range h.conns {
 			conns = append(conns, pc)
@@ -529,7 +447,7 @@ var errIdle = errors.New("idle connection closed")
 func (h *HostClient) Idle() bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return len(h.queued) == 0 && h.dialing == 0 && len(h.idle) == len(h.conns)
+	return h.line.len() == 0 && h.dialing == 0 && len(h.idle) == len(h.conns)
 }
 
 // Close fails every waiting request with [ErrClosed] and closes the
@@ -541,7 +459,7 @@ func (h *HostClient) Close() {
 		return
 	}
 	h.closed = true
-	waiting := h.takeWaiting()
+	waiting := h.line.takeAll()
 	conns := make([]*apiConn, 0, len(h.conns))
 	for pc := range h.conns {
 		conns = append(conns, pc)

@@ -82,7 +82,7 @@ type Pool struct {
 type backend struct {
 	base    string
 	addr    string // host:port, for the TCP probe
-	client  *HostClient
+	client  BackendClient
 	healthy atomic.Bool
 	fails   atomic.Int32
 }
@@ -190,19 +190,12 @@ func (pl *Pool) SetBackends(bases []string) error {
 }
 
 func (pl *Pool) newBackend(u *url.URL) (*backend, error) {
-	b := &backend{base: u.String(), addr: u.Host}
-	if u.Port() == "" {
-		port := "80"
-		if u.Scheme == "https" {
-			port = "443"
-		}
-		b.addr = net.JoinHostPort(u.Hostname(), port)
-	}
+	b := &backend{base: u.String(), addr: BackendAddr(u)}
 	b.healthy.Store(true)
 	opts := pl.opts.Host
 	opts.BaseURL = b.base
 	opts.outcome = func(o Outcome) { pl.outcome(b, o) }
-	c, err := NewHostClient(opts)
+	c, err := NewBackendClient(opts)
 	if err != nil {
 		return nil, err
 	}
