@@ -225,8 +225,10 @@ func (h *H2Client) serveWaiting() {
 // reset, timed out or failed): their room goes to the waiting requests.
 func (h *H2Client) ended(pc *h2Conn, n int) {
 	h.mu.Lock()
-	pc.streams -= n
-	h.active -= n
+	if _, ok := h.all[pc]; ok { // a closed one gave back all its room at once
+		pc.streams -= n
+		h.active -= n
+	}
 	h.mu.Unlock()
 	h.serveWaiting()
 }
@@ -312,7 +314,20 @@ func (h *H2Client) janitor() {
 		for pc := range h.all {
 			conns = append(conns, pc)
 		}
+		// A connection idle too long is taken out here, under h.mu, so
+		// that no stream can be reserved on it meanwhile.
+		var retire []*h2Conn
+		for _, pc := range slices.Clone(h.conns) {
+			if pc.streams == 0 && pc.idleFor(now) > h.opts.IdleTimeout {
+				h.conns = slices.DeleteFunc(h.conns, func(o *h2Conn) bool { return o == pc })
+				delete(h.all, pc)
+				retire = append(retire, pc)
+			}
+		}
 		h.mu.Unlock()
+		for _, pc := range retire {
+			pc.fail(errIdle)
+		}
 		for _, c := range expired {
 			h.finish(c, nil, fmt.Errorf("%w: %w: no stream to %s within %v", ErrUnreachable, ErrTimeout, h.addr, h.opts.Timeout))
 		}

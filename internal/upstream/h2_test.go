@@ -443,3 +443,36 @@ func TestPoolMixesHTTP2AndHTTP1Backends(t *testing.T) {
 		t.Errorf("answers by protocol %v, want both", seen)
 	}
 }
+
+// A connection idle longer than IdleTimeout is closed, and the next
+// request opens another.
+func TestH2ClientClosesAnIdleConnection(t *testing.T) {
+	t.Parallel()
+	srv := startH2Server(t, nil, nil)
+	c := newH2TestClient(t, HostOptions{BaseURL: srv.h2cURL(), IdleTimeout: 50 * time.Millisecond, Timeout: time.Second})
+	if r := do(c, &Request{Method: "POST", Path: "a"}); r.err != nil {
+		t.Fatal(r.err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		c.mu.Lock()
+		n := len(c.all)
+		c.mu.Unlock()
+		if n == 0 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("the idle connection is still open after 5 s")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if r := do(c, &Request{Method: "POST", Path: "b"}); r.err != nil || r.body != "POST /api/b " {
+		t.Fatalf("after the idle close: %+v", r)
+	}
+	if n := srv.conns.Load(); n != 2 {
+		t.Errorf("%d connections, want 2", n)
+	}
+	if !c.Idle() {
+		t.Error("not Idle with nothing in flight")
+	}
+}

@@ -10,6 +10,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/lesismal/nbio"
 	"golang.org/x/net/http2"
@@ -45,6 +46,9 @@ type h2Conn struct {
 	fr        *http2.Framer // writes frames into out
 	enc       *hpack.Encoder
 	hbuf      bytes.Buffer // a header block being encoded
+	key       []byte       // scratch for a request's Idempotency-Key,
+	path      []byte       // its :path
+	length    []byte       // and its content-length
 	out       outBuf       // frames not yet handed to the socket
 	spare     []byte
 	flushing  bool
@@ -168,28 +172,33 @@ func (pc *h2Conn) writeHeaders(id uint32, r *Request) {
 	_ = e.WriteField(hpack.HeaderField{Name: ":method", Value: r.Method})
 	_ = e.WriteField(hpack.HeaderField{Name: ":scheme", Value: "http"})
 	_ = e.WriteField(hpack.HeaderField{Name: ":authority", Value: pc.h.host})
-	path := pc.h.base + r.Path
+	pc.path = append(append(pc.path[:0], pc.h.base...), r.Path...)
 	if r.Query != "" && r.Method == "GET" {
-		path += "?" + r.Query
+		pc.path = append(append(pc.path, '?'), r.Query...)
 	}
-	_ = e.WriteField(hpack.HeaderField{Name: ":path", Value: path})
+	path := unsafeString(pc.path)
+	// What differs from one client to the next (the path, the gateway's
+	// per-connection headers) or from one request to the next (the key,
+	// the length) is never indexed: with thousands of clients it would
+	// only churn the API's table, and cost the encoder its evictions.
+	_ = e.WriteField(hpack.HeaderField{Name: ":path", Value: path, Sensitive: true})
 	for _, hd := range r.Header {
-		name := strings.ToLower(hd.Name)
+		name := lowerName(hd.Name)
 		if containsString(connectionHeaders, name) {
 			continue
 		}
-		// Values unique to a request are not indexed: they would only
-		// push useful entries out of the API's table.
-		_ = e.WriteField(hpack.HeaderField{Name: name, Value: hd.Value, Sensitive: name == "x-forwarded-for"})
+		_ = e.WriteField(hpack.HeaderField{Name: name, Value: hd.Value, Sensitive: true})
 	}
 	if r.Key.Prefix != "" {
-		_ = e.WriteField(hpack.HeaderField{Name: "idempotency-key", Value: string(r.Key.append(nil)), Sensitive: true})
+		pc.key = r.Key.append(pc.key[:0])
+		_ = e.WriteField(hpack.HeaderField{Name: "idempotency-key", Value: unsafeString(pc.key), Sensitive: true})
 	}
 	if r.ContentType != "" {
 		_ = e.WriteField(hpack.HeaderField{Name: "content-type", Value: r.ContentType})
 	}
 	if len(r.Body) > 0 || r.Method == "POST" || r.Method == "DELETE" {
-		_ = e.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(r.Body)), Sensitive: true})
+		pc.length = strconv.AppendInt(pc.length[:0], int64(len(r.Body)), 10)
+		_ = e.WriteField(hpack.HeaderField{Name: "content-length", Value: unsafeString(pc.length), Sensitive: true})
 	}
 	block := pc.hbuf.Bytes()
 	n := min(len(block), pc.maxFrame)
@@ -201,6 +210,28 @@ func (pc *h2Conn) writeHeaders(id uint32, r *Request) {
 		_ = pc.fr.WriteContinuation(id, n == len(block), block[:n])
 	}
 }
+
+// lowerName returns an HTTP/2 field name: in lower case, without an
+// allocation for the names the gateway sends (they repeat).
+func lowerName(name string) string {
+	if v, ok := lowerNames.Load(name); ok {
+		return v.(string)
+	}
+	lower := strings.ToLower(name)
+	if n := lowerNamesLen.Add(1); n <= 1024 {
+		lowerNames.Store(name, lower)
+	}
+	return lower
+}
+
+var (
+	lowerNames    sync.Map
+	lowerNamesLen atomic.Int32
+)
+
+// unsafeString views b as a string, for a field that is never indexed:
+// the encoder keeps no reference to it once WriteField returns.
+func unsafeString(b []byte) string { return unsafe.String(unsafe.SliceData(b), len(b)) }
 
 func containsString(list []string, s string) bool {
 	for _, v := range list {
@@ -319,6 +350,7 @@ func (pc *h2Conn) complete(s *h2Stream) {
 	}
 	pc.resp = Response{Status: s.status, Header: s.header, Body: body, Truncated: s.over}
 	pc.h.finish(c, &pc.resp, nil)
+	pc.rd.recycle(s.resp)
 	if closing {
 		pc.fail(errGoAway)
 	}

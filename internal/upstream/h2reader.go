@@ -20,7 +20,26 @@ type h2Reader struct {
 	in      []byte // bytes of a frame split between reads
 	src     frameSrc
 	fr      *http2.Framer
-	settled bool // the API's first frame, SETTINGS, has come
+	settled bool     // the API's first frame, SETTINGS, has come
+	free    [][]byte // body buffers of answers delivered, for the next ones
+}
+
+// recycle keeps a delivered answer's body buffer for another answer (its
+// callback has returned: nothing refers to it).
+func (r *h2Reader) recycle(b []byte) {
+	if cap(b) > 0 && cap(b) <= 64<<10 && len(r.free) < 64 {
+		r.free = append(r.free, b[:0])
+	}
+}
+
+// buffer returns a body buffer for an answer.
+func (r *h2Reader) buffer() []byte {
+	if n := len(r.free); n > 0 {
+		b := r.free[n-1]
+		r.free = r.free[:n-1]
+		return b
+	}
+	return nil
 }
 
 // frameSrc hands the Framer the frames already known to be whole.
@@ -208,7 +227,7 @@ func (r *h2Reader) headers(f *http2.MetaHeadersFrame) error {
 		}
 		return nil // 100 Continue and the like: the answer follows
 	}
-	s.headed, s.status = true, status
+	s.headed, s.status, s.resp = true, status, r.buffer()
 	for _, hf := range f.RegularFields() {
 		if hf.Name == "content-length" {
 			n, err := strconv.Atoi(hf.Value)
@@ -299,6 +318,8 @@ func (pc *h2Conn) settings(f *http2.SettingsFrame) error {
 			pc.initWin = int64(st.Val)
 		case http2.SettingMaxFrameSize:
 			pc.maxFrame = int(st.Val)
+		case http2.SettingHeaderTableSize:
+			pc.enc.SetMaxDynamicTableSizeLimit(st.Val)
 		}
 		return nil
 	})
