@@ -29,7 +29,6 @@ import (
 // (nginx and php-fpm), on its own address and log.
 type apiServer struct {
 	name  string
-	h2c   bool // it speaks HTTP/2 without TLS: the gateway gets an h2c:// URL
 	addr  string
 	log   string
 	dir   string
@@ -50,7 +49,7 @@ type apiPart struct {
 
 func startAPIServer(t *testing.T, kind apiKind) *apiServer {
 	t.Helper()
-	s := &apiServer{name: kind.name, h2c: kind.h2c, addr: freeAddr(t), dir: t.TempDir()}
+	s := &apiServer{name: kind.name, addr: freeAddr(t), dir: t.TempDir()}
 	s.log = filepath.Join(s.dir, "api.log")
 	kind.configure(t, s)
 	t.Cleanup(func() {
@@ -74,24 +73,7 @@ func (s *apiServer) add(crashes bool, name, dir string, env []string, args ...st
 	s.parts = append(s.parts, &apiPart{name: name, crashes: crashes, dir: dir, env: env, args: args})
 }
 
-// url is the API base URL the gateway gets.
-func (s *apiServer) url() string {
-	if s.h2c {
-		return "h2c://" + s.addr + "/"
-	}
-	return "http://" + s.addr + "/"
-}
-
-// client is an HTTP client that speaks the server's protocol (the probe
-// and direct use it; for h2c, Go's HTTP/2 with prior knowledge).
-func (s *apiServer) client() *http.Client {
-	tr := &http.Transport{DisableKeepAlives: true}
-	if s.h2c {
-		tr = &http.Transport{Protocols: new(http.Protocols)}
-		tr.Protocols.SetUnencryptedHTTP2(true)
-	}
-	return &http.Client{Timeout: 20 * time.Second, Transport: tr}
-}
+func (s *apiServer) url() string { return "http://" + s.addr + "/" }
 
 // crash kills the server's crashing processes, with their process groups
 // (a master's workers die with it).
@@ -116,11 +98,10 @@ func (s *apiServer) restart(t *testing.T) {
 // waitReady waits until the server answers GET /probe with ok.
 func (s *apiServer) waitReady(t *testing.T) {
 	t.Helper()
-	probeClient := s.client()
-	probeClient.Timeout = 2 * time.Second
+	probeClient := &http.Client{Timeout: 2 * time.Second, Transport: &http.Transport{DisableKeepAlives: true}}
 	deadline := time.Now().Add(15 * time.Second)
 	for {
-		resp, err := probeClient.Get("http://" + s.addr + "/probe")
+		resp, err := probeClient.Get(s.url() + "probe")
 		if err == nil {
 			b, _ := io.ReadAll(resp.Body)
 			resp.Body.Close()
@@ -149,18 +130,6 @@ func (s *apiServer) waitReady(t *testing.T) {
 // it.
 func (s *apiServer) direct(t *testing.T, msg string) (body, framing string, closes bool) {
 	t.Helper()
-	if s.h2c {
-		resp, err := s.client().Post("http://"+s.addr+"/probe", "text/plain; charset=utf-8", strings.NewReader(msg))
-		if err != nil {
-			t.Fatalf("harness: %s: %v", s.name, err)
-		}
-		defer resp.Body.Close()
-		b, err := io.ReadAll(resp.Body)
-		if err != nil {
-			t.Fatalf("harness: %s's answer: %v", s.name, err)
-		}
-		return string(b), "HTTP/2 DATA frames", false
-	}
 	c, err := net.DialTimeout("tcp", s.addr, 5*time.Second)
 	if err != nil {
 		t.Fatalf("harness: %s: %v", s.name, err)
@@ -231,7 +200,7 @@ func phpS(t *testing.T, s *apiServer, workers int) {
 func nginxFPM(t *testing.T, s *apiServer) {
 	fpm := globOne(t, "/usr/sbin/php-fpm*", "php-fpm")
 	nginx := tool(t, "nginx")
-	conf := confTemplate{Dir: s.dir, Addr: s.addr, Router: confFile("router.php"), Log: s.log, Root: os.Geteuid() == 0, H2C: s.h2c}
+	conf := confTemplate{Dir: s.dir, Addr: s.addr, Router: confFile("router.php"), Log: s.log, Root: os.Geteuid() == 0}
 	fpmConf, nginxConf := conf.render(t, "php-fpm.conf"), conf.render(t, "nginx.conf")
 	s.add(true, "php-fpm", s.dir, nil, fpm, "--nodaemonize", "--allow-to-run-as-root", "--fpm-config", fpmConf)
 	s.add(false, "nginx", s.dir, nil, nginx, "-e", filepath.Join(s.dir, "nginx-error.log"), "-p", s.dir, "-c", nginxConf)
@@ -266,7 +235,6 @@ type confTemplate struct {
 	Dir, Addr, Router, Log string
 	Modules, PHPModule     string
 	Root                   bool // running as root
-	H2C                    bool // serve HTTP/2 without TLS
 }
 
 // render writes testdata/conformance/name, filled in, to the server's

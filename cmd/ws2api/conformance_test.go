@@ -13,9 +13,7 @@ import (
 // default flags (only -api set), in front of each kind of server its users
 // run their API on, every one a real process: php -S (one worker, then
 // eight), nginx with php-fpm, Apache with mod_php, Node's http module, Go's
-// net/http and Python's http.server (HTTP/1.0, close-delimited answers);
-// then nginx, Node (its http2 module) and Go again, spoken to in HTTP/2
-// without TLS (an h2c:// URL).
+// net/http and Python's http.server (HTTP/1.0, close-delimited answers).
 // They all run one behaviour, written once per language in
 // testdata/conformance (router.php is shared by the three PHP servers):
 //
@@ -61,33 +59,23 @@ type apiKind struct {
 	workers int
 	// configure adds the server's processes to s, in start order.
 	configure func(t *testing.T, s *apiServer)
-	// h2c: the gateway speaks HTTP/2 to it, with an h2c:// URL.
-	h2c bool
 }
 
 func apiKinds(goAPI string) []apiKind {
 	return []apiKind{
-		{"php-S", 1, func(t *testing.T, s *apiServer) { phpS(t, s, 0) }, false},
-		{"php-S-workers8", 8, func(t *testing.T, s *apiServer) { phpS(t, s, 8) }, false},
-		{"nginx+php-fpm", 16, nginxFPM, false},
-		{"apache-mod_php", 16, apacheModPHP, false},
+		{"php-S", 1, func(t *testing.T, s *apiServer) { phpS(t, s, 0) }},
+		{"php-S-workers8", 8, func(t *testing.T, s *apiServer) { phpS(t, s, 8) }},
+		{"nginx+php-fpm", 16, nginxFPM},
+		{"apache-mod_php", 16, apacheModPHP},
 		{"node-http", 1000, func(t *testing.T, s *apiServer) {
 			s.add(true, "node", "", nil, tool(t, "node"), confFile("server.js"), s.addr, s.log)
-		}, false},
+		}},
 		{"go-net_http", 1000, func(t *testing.T, s *apiServer) {
 			s.add(true, "go API", "", nil, goAPI, s.addr, s.log)
-		}, false},
+		}},
 		{"python-http1.0", 1000, func(t *testing.T, s *apiServer) {
 			s.add(true, "python", "", nil, tool(t, "python3"), confFile("server.py"), s.addr, s.log)
-		}, false},
-		// The same servers again, spoken to in HTTP/2 without TLS.
-		{"nginx+php-fpm-h2c", 16, nginxFPM, true},
-		{"node-http2-h2c", 1000, func(t *testing.T, s *apiServer) {
-			s.add(true, "node", "", nil, tool(t, "node"), confFile("server.js"), s.addr, s.log, "h2c")
-		}, true},
-		{"go-net_http-h2c", 1000, func(t *testing.T, s *apiServer) {
-			s.add(true, "go API", "", nil, goAPI, s.addr, s.log)
-		}, true},
+		}},
 	}
 }
 

@@ -102,7 +102,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	// printed for -h only.
 	fs.SetOutput(io.Discard)
 	fs.StringVar(&cfg.listen, "listen", ":7001", "public listener `address`: WebSocket upgrades at /<id>")
-	fs.StringVar(&cfg.api, "api", "http://localhost:8000/", "API base `URLs`, comma-separated; the client id is appended (GET/POST/DELETE <url><id>); with several, requests go to the healthy ones in turn; h2c://host:port/ speaks HTTP/2 without TLS to an API that does (many requests on one connection, fewer system calls)")
+	fs.StringVar(&cfg.api, "api", "http://localhost:8000/", "API base `URLs`, comma-separated; the client id is appended (GET/POST/DELETE <url><id>); with several, requests go to the healthy ones in turn")
 	fs.StringVar(&cfg.apiFile, "api-file", "", "read the API base URLs from `file` (one per line, # comments) instead of -api; SIGHUP re-reads it")
 	fs.StringVar(&cfg.apiHealthPath, "api-health-path", "", "`path` under each API base probed with GET (2xx = healthy) to bring a failed backend back; default: a TCP connect")
 	fs.StringVar(&cfg.control, "control", "127.0.0.1:7002", "control listener `address`: push, info, kick, broadcast, /metrics, /healthz, /debug/pprof/ (never make it public)")

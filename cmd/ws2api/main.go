@@ -332,18 +332,12 @@ func probeBackends(bases []string, log *slog.Logger) *sync.WaitGroup {
 				log.Warn("API backend unreachable at start-up; serving anyway", "backend", base, "error", err)
 				return
 			}
-			start := time.Now()
 			c, err := net.DialTimeout("tcp", upstream.BackendAddr(u), probeTimeout)
 			if err != nil {
 				log.Warn("API backend unreachable at start-up; serving anyway", "backend", base, "error", err)
 				return
 			}
-			defer c.Close()
-			if u.Scheme == "h2c" {
-				if err := upstream.ProbeH2C(c, start.Add(probeTimeout)); err != nil {
-					log.Warn("API backend does not speak HTTP/2 at start-up; serving anyway", "backend", base, "error", err)
-				}
-			}
+			c.Close()
 		})
 	}
 	return &wg

@@ -229,7 +229,7 @@ func runAPI(ctx context.Context, args []string, stdout io.Writer) error {
 	pollers := fs.Int("pollers", 1, "event-loop goroutines")
 	logFile := fs.String("log", "", "append one line per request answered 2xx to this `file`: METHOD /id connection-id \"body\"")
 	unavailable := fs.Duration("unavailable-for", 0, "answer 503 to every request for this long after starting, and again after each SIGUSR1")
-	netHTTP := fs.Bool("net-http", false, "serve with Go's net/http instead, HTTP/1.1 and HTTP/2 without TLS (h2c) on one port: the same API behind an http:// and an h2c:// URL")
+	netHTTP := fs.Bool("net-http", false, "serve with Go's net/http instead of the event loop: a real server's costs, for comparisons")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
@@ -266,17 +266,13 @@ func runAPI(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
-// serveNetHTTP is the echo API on Go's net/http, speaking HTTP/1.1 and
-// HTTP/2 with prior knowledge on one listener.
+// serveNetHTTP is the echo API on Go's net/http.
 func serveNetHTTP(ctx context.Context, addr string) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("echo API: %w", err)
 	}
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Protocols: &p, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet:
 			io.WriteString(w, "ok")
@@ -288,7 +284,7 @@ func serveNetHTTP(ctx context.Context, addr string) error {
 			w.Write(b)
 		}
 	})}
-	slog.Info("echo API serving (net/http, HTTP/1.1 and h2c)", "addr", ln.Addr().String())
+	slog.Info("echo API serving (net/http)", "addr", ln.Addr().String())
 	go func() {
 		<-ctx.Done()
 		srv.Close()

@@ -131,9 +131,6 @@ func NewHostClient(opts HostOptions) (*HostClient, error) {
 		opts: opts, host: u.Host, addr: BackendAddr(u), base: u.EscapedPath(),
 		conns: map[*apiConn]struct{}{}, line: newLine(), stop: make(chan struct{}),
 	}
-	if u.Scheme == "h2c" {
-		return nil, fmt.Errorf("api url %q: an h2c URL needs an HTTP/2 client (NewBackendClient)", opts.BaseURL)
-	}
 	if u.Scheme == "https" {
 		h.tls = &tls.Config{ServerName: u.Hostname(), MinVersion: tls.VersionTLS12}
 	}

@@ -7,8 +7,8 @@ import (
 	"time"
 )
 
-// line is the requests of one backend waiting for a connection (or a
-// stream), oldest first. Its owner guards it with its own mutex.
+// line is the requests of one backend waiting for a connection, oldest
+// first. Its owner (HostClient) guards it with its own mutex.
 type line struct {
 	waiting []*call            // oldest first; canceled ones are skipped
 	queued  map[*Request]*call // the waiting calls that are not canceled, for cancel

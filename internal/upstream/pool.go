@@ -82,7 +82,7 @@ type Pool struct {
 type backend struct {
 	base    string
 	addr    string // host:port, for the TCP probe
-	client  BackendClient
+	client  *HostClient
 	healthy atomic.Bool
 	fails   atomic.Int32
 }
@@ -195,7 +195,7 @@ func (pl *Pool) newBackend(u *url.URL) (*backend, error) {
 	opts := pl.opts.Host
 	opts.BaseURL = b.base
 	opts.outcome = func(o Outcome) { pl.outcome(b, o) }
-	c, err := NewBackendClient(opts)
+	c, err := NewHostClient(opts)
 	if err != nil {
 		return nil, err
 	}

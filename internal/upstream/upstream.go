@@ -212,16 +212,15 @@ var ErrUnreachable = errors.New("API unreachable")
 // ErrClosed is returned for requests made after Close.
 var ErrClosed = errors.New("upstream client closed")
 
-// ParseBaseURL checks an API base URL: http, https or h2c (HTTP/2 over
-// cleartext with prior knowledge, see [H2Client]), a host, no query or
+// ParseBaseURL checks an API base URL: http or https, a host, no query or
 // fragment. The path gets a final '/' so that ids append cleanly.
 func ParseBaseURL(s string) (*url.URL, error) {
 	u, err := url.Parse(s)
 	if err != nil {
 		return nil, fmt.Errorf("api url %q: %w", s, err)
 	}
-	if u.Scheme != "http" && u.Scheme != "https" && u.Scheme != "h2c" {
-		return nil, fmt.Errorf("api url %q: scheme must be http, https or h2c", s)
+	if u.Scheme != "http" && u.Scheme != "https" {
+		return nil, fmt.Errorf("api url %q: scheme must be http or https", s)
 	}
 	if u.Host == "" {
 		return nil, fmt.Errorf("api url %q: no host", s)
@@ -240,7 +239,7 @@ func ParseBaseURL(s string) (*url.URL, error) {
 }
 
 // BackendAddr returns the host:port a base URL's connections go to: its
-// port, else 443 for https and 80 for http and h2c.
+// port, else 443 for https and 80 for http.
 func BackendAddr(u *url.URL) string {
 	if u.Port() != "" {
 		return u.Host
@@ -250,26 +249,4 @@ func BackendAddr(u *url.URL) string {
 		port = "443"
 	}
 	return net.JoinHostPort(u.Hostname(), port)
-}
-
-// NewBackendClient returns the client for one API base URL: an
-// [H2Client] for an h2c URL, else a [HostClient].
-func NewBackendClient(opts HostOptions) (BackendClient, error) {
-	u, err := ParseBaseURL(opts.BaseURL)
-	if err != nil {
-		return nil, err
-	}
-	if u.Scheme == "h2c" {
-		return NewH2Client(opts)
-	}
-	return NewHostClient(opts)
-}
-
-// BackendClient is the client of one API base URL, as a [Pool] drives it.
-type BackendClient interface {
-	Client
-	// Idle reports whether no request is waiting or in flight.
-	Idle() bool
-	// failWaiting fails the requests waiting for a connection with err.
-	failWaiting(err error)
 }

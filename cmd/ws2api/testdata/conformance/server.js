@@ -1,14 +1,12 @@
 // The conformance API (see ../../conformance_test.go and router.php, whose
-// behaviour this repeats), on Node's http module, or with h2c on its http2
-// module (HTTP/2 without TLS, prior knowledge only).
-// Usage: node server.js <host:port> <log file> [h2c]
+// behaviour this repeats), on Node's http module.
+// Usage: node server.js <host:port> <log file>
 'use strict';
 const crypto = require('crypto');
 const fs = require('fs');
 const http = require('http');
 
-const [addr, logPath, mode] = process.argv.slice(2);
-const h2c = mode === 'h2c';
+const [addr, logPath] = process.argv.slice(2);
 const log = fs.openSync(logPath, 'a');
 
 function pattern(n) {
@@ -52,8 +50,7 @@ function answer(body, res) {
       return setTimeout(() => res.end(rest.slice(j + 1)), parseInt(rest.slice(0, j), 10));
     }
     case 'close':
-      if (!h2c) res.setHeader('Connection', 'close'); // HTTP/2 has no such header: Node refuses it
-
+      res.setHeader('Connection', 'close');
       return res.end(rest);
     case 'chunked': {
       const half = Math.floor(rest.length / 2);
@@ -65,7 +62,7 @@ function answer(body, res) {
   }
 }
 
-const server = (h2c ? require('http2').createServer : http.createServer)((req, res) => {
+const server = http.createServer((req, res) => {
   const chunks = [];
   req.on('data', (c) => chunks.push(c));
   req.on('end', () => {

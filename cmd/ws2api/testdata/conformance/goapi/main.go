@@ -1,6 +1,5 @@
 // Command goapi is the conformance API (see ../../../conformance_test.go and
-// ../router.php, whose behaviour it repeats) on Go's net/http, speaking
-// HTTP/1.1 and h2c on one port.
+// ../router.php, whose behaviour it repeats) on Go's net/http.
 //
 // Usage: goapi <host:port> <log file>
 package main
@@ -30,13 +29,7 @@ func main() {
 	}
 	a := &api{log: f}
 	log.Print("listening on ", os.Args[1])
-	// HTTP/1.1 and HTTP/2 without TLS (h2c, prior knowledge) on one port,
-	// as Go APIs do with Protocols.
-	var p http.Protocols
-	p.SetHTTP1(true)
-	p.SetUnencryptedHTTP2(true)
-	srv := &http.Server{Addr: os.Args[1], Handler: a, Protocols: &p}
-	log.Fatal(srv.ListenAndServe())
+	log.Fatal(http.ListenAndServe(os.Args[1], a))
 }
 
 type api struct {
