@@ -5,6 +5,7 @@ go 1.26.8
 require (
 	github.com/VictoriaMetrics/metrics v1.44.0
 	github.com/gorilla/websocket v1.5.3
+	github.com/klauspost/compress v1.18.0
 	github.com/lesismal/nbio v1.6.12
 	github.com/redis/rueidis v1.0.79
 	golang.org/x/sys v0.47.0

@@ -40,6 +40,8 @@ type config struct {
 	timeout             time.Duration
 
 	maxMessage      byteSize
+	compression     string
+	compressMin     byteSize
 	maxPending      byteSize
 	maxPendingTotal byteSize
 	maxOutgoing     byteSize
@@ -93,6 +95,7 @@ var flagGroups = []struct {
 	{"Cluster", []string{"redis", "cluster-prefix", "relay-timeout"}},
 	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers", "trusted-proxies", "pipeline"}},
 	{"Limits", []string{"max-conns", "max-connecting", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-outgoing-total", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
+	{"Compression", []string{"compression", "compression-min"}},
 	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
 
@@ -118,7 +121,10 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.forwardHeaders, "forward-headers", strings.Join(gateway.DefaultForwardHeaders, ","), "client handshake `headers` sent on with the connect GET (comma-separated)")
 	fs.StringVar(&cfg.trustedProxies, "trusted-proxies", "", "peers whose X-Forwarded-For (appended to), X-Forwarded-Proto and X-Forwarded-Host are passed on, comma-separated `CIDRs` or addresses (127.0.0.1, 10.0.0.0/8); from others they are replaced by ws2api's own")
 	cfg.maxMessage, cfg.maxPending, cfg.maxPendingTotal, cfg.maxOutgoing, cfg.maxOutTotal, cfg.maxHeader = 1<<20, 5<<20, 1<<30, 4<<20, 1<<30, 8<<10
-	fs.Var(&cfg.maxMessage, "max-message-size", "largest message either way; a client sending more is closed with 1009 (`bytes`, e.g. 64KiB)")
+	fs.Var(&cfg.maxMessage, "max-message-size", "largest message either way; a client sending more is closed with 1009 (`bytes`, e.g. 64KiB); a compressed one counts inflated")
+	fs.StringVar(&cfg.compression, "compression", "on", "`mode` of permessage-deflate: on accepts it from clients that offer it, without context takeover (no memory kept per connection between messages); off never accepts it")
+	cfg.compressMin = gateway.DefaultCompressMin
+	fs.Var(&cfg.compressMin, "compression-min", "smallest message sent compressed to a client that negotiated it (`bytes`); smaller ones go as they are")
 	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API, each counted as its size plus 256; past it the client is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxPendingTotal, "max-pending-total", "all clients' messages waiting for the API, counted as for -max-pending; past it a client that sends is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
@@ -237,6 +243,9 @@ func (c *config) check() error {
 	}
 	if c.maxConnsPerHost < 1 {
 		return bad("max-conns-per-host", "must be at least 1")
+	}
+	if c.compression != "on" && c.compression != "off" {
+		return bad("compression", "must be on or off")
 	}
 	if c.maxIdleConnsPerHost < 0 {
 		return bad("max-idle-conns-per-host", "must not be negative")

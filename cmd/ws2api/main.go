@@ -204,6 +204,8 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 		Logger:           log,
 		Metrics:          m,
 		MaxMessageBytes:  int64(cfg.maxMessage),
+		Compression:      cfg.compression == "on",
+		CompressMin:      max(int(cfg.compressMin), 1),
 		MaxPendingBytes:  int64(cfg.maxPending),
 		MaxPendingTotal:  int64(cfg.maxPendingTotal),
 		MaxOutgoingBytes: int(cfg.maxOutgoing),

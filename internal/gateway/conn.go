@@ -280,7 +280,8 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	s.m.ConnectionsOpened.Inc()
 	s.m.Connections.Inc()
 	// A failed write closes the socket; onClose then sends the DELETE.
-	_ = c.writeLocked(nil, appendSwitching(nil, hs.key, protocol))
+	c.rd.Deflate = hs.deflate
+	_ = c.writeLocked(nil, appendSwitching(nil, hs.key, protocol, hs.deflate))
 	if s.draining.Load() {
 		// Shutdown began after the check above and its sweep may have
 		// missed this connection.
@@ -377,6 +378,7 @@ func (c *conn) readFrames(data []byte) {
 			return
 		}
 	}
+	c.rd.Release() // every message read is handed on: no inflated buffer is kept
 	switch {
 	case c.discard || len(buf) == 0:
 		c.in = nil
@@ -518,6 +520,17 @@ func errText(err error) string {
 // encoded into a pooled buffer and written with one call; nbio keeps what
 // the kernel does not take, counted in c's backlog (outgoing.go).
 func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
+	if c.compresses(op, len(payload)) {
+		bp := framePool.Get().(*[]byte)
+		deflated := ws.AppendDeflated((*bp)[:0], payload)
+		var hdr [ws.MaxHeaderLen]byte
+		err := c.writeLocked(ws.AppendCompressedHeader(hdr[:0], op, len(deflated)), deflated)
+		if cap(deflated) <= pooledFrameMax {
+			*bp = deflated[:0]
+			framePool.Put(bp)
+		}
+		return err
+	}
 	if len(payload) > pooledFrameMax {
 		var hdr [ws.MaxHeaderLen]byte
 		return c.writeLocked(ws.AppendHeader(hdr[:0], op, true, len(payload), nil), payload)
@@ -531,5 +544,11 @@ func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 }
 
 const pooledFrameMax = 16 << 10
+
+// compresses reports whether a data message of n bytes goes to this client
+// deflated.
+func (c *conn) compresses(op ws.Opcode, n int) bool {
+	return c.rd.Deflate && !op.IsControl() && n >= c.s.opts.CompressMin
+}
 
 var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}

@@ -62,7 +62,7 @@ func (s *Server) Push(id string, binary bool, data []byte) error {
 // PushMany sends one message to each of ids and returns those that are not
 // connected. The frame is encoded once.
 func (s *Server) PushMany(ids []string, binary bool, data []byte) (notConnected []string) {
-	frame := ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), opcode(binary), data, nil)
+	frame := s.newShared(opcode(binary), data)
 	for _, id := range ids {
 		if c := s.reg.get(id); c != nil && c.sendFrame(frame) {
 			s.m.Pushes.Inc()
@@ -256,7 +256,7 @@ func (s *Server) BroadcastGroup(group string, binary bool, data []byte) (int, er
 // (outgoing.go), which will never get it.
 func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
 	s.m.Broadcasts.Inc()
-	frame := ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), opcode(binary), data, nil)
+	frame := s.newShared(opcode(binary), data)
 	const chunk = 256
 	workers := min(runtime.GOMAXPROCS(0), 1+len(conns)/chunk)
 	written := make([]bool, len(conns))
@@ -287,14 +287,42 @@ func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
 	return int(n)
 }
 
-// sendFrame writes an encoded data frame if the connection is open.
-func (c *conn) sendFrame(frame []byte) bool {
+// sharedFrame is one message encoded once for many clients: as it is, and
+// deflated for those that negotiated compression (encoded by the first
+// of them to need it).
+type sharedFrame struct {
+	op       ws.Opcode
+	data     []byte
+	plain    []byte
+	once     sync.Once
+	deflated []byte
+}
+
+func (s *Server) newShared(op ws.Opcode, data []byte) *sharedFrame {
+	return &sharedFrame{op: op, data: data,
+		plain: ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), op, data, nil)}
+}
+
+// forConn returns the frame as c takes it.
+func (f *sharedFrame) forConn(c *conn) []byte {
+	if !c.compresses(f.op, len(f.data)) {
+		return f.plain
+	}
+	f.once.Do(func() {
+		deflated := ws.AppendDeflated(nil, f.data)
+		f.deflated = ws.AppendCompressedFrame(make([]byte, 0, len(deflated)+ws.MaxHeaderLen), f.op, deflated)
+	})
+	return f.deflated
+}
+
+// sendFrame writes a shared data frame if the connection is open.
+func (c *conn) sendFrame(frame *sharedFrame) bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.state != stOpen {
 		return false
 	}
-	if err := c.writeLocked(nil, frame); err != nil {
+	if err := c.writeLocked(nil, frame.forConn(c)); err != nil {
 		return false
 	}
 	c.msgsOut.Add(1)

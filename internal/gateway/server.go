@@ -64,9 +64,17 @@ type Options struct {
 	// Metrics receives the gateway's figures. Default: a fresh set.
 	Metrics *metrics.Metrics
 
-	// MaxMessageBytes bounds one client message (joined fragments); a
-	// longer one closes the client with 1009. Default 1 MiB.
+	// MaxMessageBytes bounds one client message (joined fragments, and
+	// inflated if compressed); a longer one closes the client with 1009.
+	// Default 1 MiB.
 	MaxMessageBytes int64
+	// Compression accepts permessage-deflate from clients that offer it,
+	// without context takeover either way (no state kept between messages).
+	Compression bool
+	// CompressMin is the smallest message sent compressed to a client that
+	// negotiated it; smaller ones go as they are (either is valid).
+	// Default 128 bytes; negative: compress every message.
+	CompressMin int
 	// MaxPendingBytes bounds one client's messages waiting for the API; past
 	// it the client is closed with 1013. Each message counts its payload
 	// and 256 bytes for its buffer. Default 5 MiB.
@@ -184,6 +192,9 @@ func (o Options) withDefaults() (Options, error) {
 	}
 	if o.MaxMessageBytes <= 0 {
 		o.MaxMessageBytes = 1 << 20
+	}
+	if o.CompressMin == 0 {
+		o.CompressMin = DefaultCompressMin
 	}
 	if o.MaxPendingBytes <= 0 {
 		o.MaxPendingBytes = 5 << 20
@@ -541,3 +552,8 @@ func (s *Server) Connecting() int { return int(s.connecting.Load()) }
 // MaxConns is the bound on connected clients in force (Options.MaxConns,
 // or its default).
 func (s *Server) MaxConns() int { return s.opts.MaxConns }
+
+// DefaultCompressMin is the default of Options.CompressMin: below it a
+// message deflated on its own saves a handful of bytes at best
+// (BENCHMARKS.md, "Compression").
+const DefaultCompressMin = 128

@@ -18,6 +18,7 @@ type handshake struct {
 	query     string
 	key       string
 	protocols []string          // offered by the client, in its order
+	deflate   bool              // permessage-deflate offered and accepted
 	header    []upstream.Header // sent with the connect GET
 	userAgent string
 }
@@ -102,6 +103,7 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *r
 			hs.protocols = append(hs.protocols, p)
 		}
 	}
+	hs.deflate = s.opts.Compression && ws.AcceptDeflate(h.Values("Sec-Websocket-Extensions"))
 	hs.header = s.identity(h, connID, remoteIP)
 	return hs, nil
 }
@@ -163,12 +165,15 @@ func appendReject(b []byte, r *reject) []byte {
 }
 
 // appendSwitching encodes the 101 answer that completes an upgrade.
-func appendSwitching(b []byte, key, protocol string) []byte {
+func appendSwitching(b []byte, key, protocol string, deflate bool) []byte {
 	b = append(b, "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: "...)
 	b = append(b, ws.AcceptKey(key)...)
 	if protocol != "" {
 		b = append(b, "\r\nSec-WebSocket-Protocol: "...)
 		b = append(b, protocol...)
+	}
+	if deflate {
+		b = append(b, "\r\nSec-WebSocket-Extensions: "+ws.DeflateExtension...)
 	}
 	return append(b, "\r\n\r\n"...)
 }

@@ -83,9 +83,12 @@ var (
 // Frame is one parsed frame. Payload is already unmasked and aliases the
 // buffer given to [ParseFrame].
 type Frame struct {
-	Fin     bool
-	Op      Opcode
-	Payload []byte
+	Fin bool
+	Op  Opcode
+	// Compressed is RSV1 on the first frame of a data message, allowed
+	// only on a connection that negotiated permessage-deflate.
+	Compressed bool
+	Payload    []byte
 }
 
 // Role says which side of the connection parses: a server requires masked
@@ -103,15 +106,22 @@ const (
 // bounds a data frame's payload: a longer one is [ErrTooBig] before any of it
 // is buffered. Masked payloads are unmasked in place in b.
 func ParseFrame(b []byte, role Role, maxPayload int64) (f Frame, n int, err error) {
+	return parseFrame(b, role, maxPayload, false)
+}
+
+// parseFrame is ParseFrame; with deflate, RSV1 is allowed on a data frame
+// that starts a message (the caller checks it is not a continuation).
+func parseFrame(b []byte, role Role, maxPayload int64, deflate bool) (f Frame, n int, err error) {
 	if len(b) < 2 {
 		return f, 0, nil
 	}
 	b0, b1 := b[0], b[1]
-	if b0&0x70 != 0 {
-		return f, 0, ErrReservedBits
-	}
 	f.Fin = b0&0x80 != 0
 	f.Op = Opcode(b0 & 0x0f)
+	f.Compressed = b0&rsv1 != 0
+	if b0&0x30 != 0 || f.Compressed && (!deflate || f.Op.IsControl() || f.Op == OpContinuation) {
+		return f, 0, ErrReservedBits
+	}
 	switch f.Op {
 	case OpContinuation, OpText, OpBinary:
 	case OpClose, OpPing, OpPong:

@@ -1,6 +1,9 @@
 package ws
 
-import "unicode/utf8"
+import (
+	"sync"
+	"unicode/utf8"
+)
 
 // Message is a complete data message or a control frame.
 type Message struct {
@@ -13,8 +16,14 @@ type Message struct {
 // holds no fragments; it allocates only while a fragmented message is being
 // assembled.
 type Reader struct {
-	op   Opcode // opcode of the fragmented message being assembled, or 0
-	frag []byte
+	// Deflate is set on a connection that negotiated permessage-deflate:
+	// a message whose first frame has RSV1 is inflated (deflate.go).
+	Deflate bool
+
+	op         Opcode // opcode of the fragmented message being assembled, or 0
+	compressed bool   // ... and whether it is compressed
+	frag       []byte
+	inflated   *[]byte // the last compressed message, inflated (pooled: see Release)
 }
 
 // Pending reports the bytes of a fragmented message held so far.
@@ -25,7 +34,7 @@ func (r *Reader) Pending() int { return len(r.frag) }
 // message returns m.Op == 0. An unfragmented message's payload aliases b; a
 // joined one is valid until the next call. maxMessage bounds a data message.
 func (r *Reader) Next(b []byte, role Role, maxMessage int64) (m Message, n int, err error) {
-	f, n, err := ParseFrame(b, role, maxMessage-int64(len(r.frag)))
+	f, n, err := parseFrame(b, role, maxMessage-int64(len(r.frag)), r.Deflate)
 	if err != nil || n == 0 {
 		return m, 0, err
 	}
@@ -39,20 +48,31 @@ func (r *Reader) Next(b []byte, role Role, maxMessage int64) (m Message, n int, 
 		return m, 0, ErrExpectedCont
 	}
 	if f.Op != OpContinuation && f.Fin {
-		if f.Op == OpText && !utf8.Valid(f.Payload) {
+		payload := f.Payload
+		if f.Compressed {
+			if payload, err = r.inflate(payload, maxMessage); err != nil {
+				return m, 0, err
+			}
+		}
+		if f.Op == OpText && !utf8.Valid(payload) {
 			return m, 0, ErrInvalidUTF8
 		}
-		return Message{Op: f.Op, Payload: f.Payload}, n, nil
+		return Message{Op: f.Op, Payload: payload}, n, nil
 	}
 	if f.Op != OpContinuation {
-		r.op = f.Op
+		r.op, r.compressed = f.Op, f.Compressed
 	}
 	r.frag = append(r.frag, f.Payload...)
 	if !f.Fin {
 		return m, n, nil
 	}
 	m = Message{Op: r.op, Payload: r.frag}
-	r.op, r.frag = 0, r.frag[:0]
+	if r.compressed {
+		if m.Payload, err = r.inflate(r.frag, maxMessage); err != nil {
+			return Message{}, 0, err
+		}
+	}
+	r.op, r.compressed, r.frag = 0, false, r.frag[:0]
 	if m.Op == OpText && !utf8.Valid(m.Payload) {
 		return Message{}, 0, ErrInvalidUTF8
 	}
@@ -62,3 +82,29 @@ func (r *Reader) Next(b []byte, role Role, maxMessage int64) (m Message, n int, 
 	}
 	return m, n, nil
 }
+
+// inflate decompresses one message into a pooled buffer, valid until the
+// next call or Release.
+func (r *Reader) inflate(compressed []byte, max int64) ([]byte, error) {
+	if r.inflated == nil {
+		r.inflated = inflatedPool.Get().(*[]byte)
+	}
+	out, err := Inflate((*r.inflated)[:0], compressed, max)
+	*r.inflated = out
+	return out, err
+}
+
+// Release gives back the buffer of the last inflated message: call it once
+// the messages Next returned are used, so that an idle connection holds no
+// buffer.
+func (r *Reader) Release() {
+	if r.inflated == nil {
+		return
+	}
+	if cap(*r.inflated) <= 64<<10 {
+		inflatedPool.Put(r.inflated)
+	}
+	r.inflated = nil
+}
+
+var inflatedPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
