@@ -364,6 +364,10 @@ func (c *conn) readFrames(data []byte) {
 		buf = buf[n:]
 		switch m.Op {
 		case ws.OpText, ws.OpBinary:
+			if m.Compressed > 0 {
+				c.s.m.CompressedIn.Inc()
+				c.s.m.CompressedBytesIn.Add(m.Compressed)
+			}
 			if !c.dropData {
 				c.enqueue(m.Op, m.Payload)
 			}
@@ -523,6 +527,8 @@ func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 	if c.compresses(op, len(payload)) {
 		bp := framePool.Get().(*[]byte)
 		deflated := ws.AppendDeflated((*bp)[:0], payload)
+		c.s.m.CompressedOut.Inc()
+		c.s.m.CompressedBytesOut.Add(len(deflated))
 		var hdr [ws.MaxHeaderLen]byte
 		err := c.writeLocked(ws.AppendCompressedHeader(hdr[:0], op, len(deflated)), deflated)
 		if cap(deflated) <= pooledFrameMax {

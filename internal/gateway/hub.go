@@ -296,6 +296,7 @@ type sharedFrame struct {
 	plain    []byte
 	once     sync.Once
 	deflated []byte
+	wire     int // len of deflated's payload
 }
 
 func (s *Server) newShared(op ws.Opcode, data []byte) *sharedFrame {
@@ -310,8 +311,11 @@ func (f *sharedFrame) forConn(c *conn) []byte {
 	}
 	f.once.Do(func() {
 		deflated := ws.AppendDeflated(nil, f.data)
+		f.wire = len(deflated)
 		f.deflated = ws.AppendCompressedFrame(make([]byte, 0, len(deflated)+ws.MaxHeaderLen), f.op, deflated)
 	})
+	c.s.m.CompressedOut.Inc()
+	c.s.m.CompressedBytesOut.Add(f.wire)
 	return f.deflated
 }
 

@@ -73,6 +73,10 @@ type Metrics struct {
 	BytesIn         *vm.Counter
 	MessagesOut     map[string]*vm.Counter // by source
 	BytesOut        *vm.Counter
+	// Messages that went compressed (permessage-deflate), and their
+	// compressed payload bytes: beside BytesIn/BytesOut, the saving.
+	CompressedIn, CompressedOut           *vm.Counter
+	CompressedBytesIn, CompressedBytesOut *vm.Counter
 	APIRefused      *vm.Counter
 	APIRetries      map[string]*vm.Counter // by cause (upstream.Causes)
 	PendingMessages *vm.Gauge
@@ -108,6 +112,10 @@ func New() *Metrics {
 		m.MessagesOut[s] = m.set.NewCounter(fmt.Sprintf(`ws2api_messages_out_total{source=%q}`, s))
 	}
 	m.BytesOut = m.counter("ws2api_message_bytes_out_total", "Payload bytes of messages written to clients.")
+	m.CompressedIn = m.counter("ws2api_compressed_messages_in_total", "Messages received from clients compressed (permessage-deflate).")
+	m.CompressedOut = m.counter("ws2api_compressed_messages_out_total", "Messages written to clients compressed (permessage-deflate).")
+	m.CompressedBytesIn = m.counter("ws2api_compressed_bytes_in_total", "Compressed payload bytes of the messages received compressed (ws2api_message_bytes_in_total counts them inflated).")
+	m.CompressedBytesOut = m.counter("ws2api_compressed_bytes_out_total", "Compressed payload bytes of the messages written compressed (ws2api_message_bytes_out_total counts them uncompressed).")
 	m.APIRefused = m.counter("ws2api_api_refused_total", "Client messages the API answered with 4xx (not retried).")
 	m.declare("ws2api_api_retries_total", "counter", "Requests to the API sent again, by the cause of the failure before (unreachable: never sent; status: an answer neither 2xx nor 4xx, mostly a 5xx; timeout, lost, malformed: may have been processed).")
 	m.APIRetries = map[string]*vm.Counter{}

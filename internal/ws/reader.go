@@ -9,6 +9,9 @@ import (
 type Message struct {
 	Op      Opcode
 	Payload []byte
+	// Compressed is the size of the message on the wire if it came
+	// compressed (permessage-deflate), else 0.
+	Compressed int
 }
 
 // Reader joins frames into messages and enforces the rules that span frames:
@@ -48,8 +51,9 @@ func (r *Reader) Next(b []byte, role Role, maxMessage int64) (m Message, n int, 
 		return m, 0, ErrExpectedCont
 	}
 	if f.Op != OpContinuation && f.Fin {
-		payload := f.Payload
+		payload, wire := f.Payload, 0
 		if f.Compressed {
+			wire = len(payload)
 			if payload, err = r.inflate(payload, maxMessage); err != nil {
 				return m, 0, err
 			}
@@ -57,7 +61,7 @@ func (r *Reader) Next(b []byte, role Role, maxMessage int64) (m Message, n int, 
 		if f.Op == OpText && !utf8.Valid(payload) {
 			return m, 0, ErrInvalidUTF8
 		}
-		return Message{Op: f.Op, Payload: payload}, n, nil
+		return Message{Op: f.Op, Payload: payload, Compressed: wire}, n, nil
 	}
 	if f.Op != OpContinuation {
 		r.op, r.compressed = f.Op, f.Compressed
@@ -68,6 +72,7 @@ func (r *Reader) Next(b []byte, role Role, maxMessage int64) (m Message, n int, 
 	}
 	m = Message{Op: r.op, Payload: r.frag}
 	if r.compressed {
+		m.Compressed = len(r.frag)
 		if m.Payload, err = r.inflate(r.frag, maxMessage); err != nil {
 			return Message{}, 0, err
 		}

@@ -112,7 +112,7 @@ func TestReaderJoinsFragmentsAroundControlFrames(t *testing.T) {
 		}
 		wire = wire[n:]
 		if m.Op != 0 {
-			got = append(got, Message{m.Op, append([]byte(nil), m.Payload...)})
+			got = append(got, Message{Op: m.Op, Payload: append([]byte(nil), m.Payload...)})
 		}
 	}
 	if len(got) != 2 || got[0].Op != OpPing || got[1].Op != OpText || string(got[1].Payload) != "hello world" {
