@@ -68,26 +68,26 @@ type Metrics struct {
 	RequestsFailed    *vm.Counter
 	RequestsSucceeded *vm.Counter
 
-	Connections     *vm.Gauge
-	MessagesIn      *vm.Counter
-	BytesIn         *vm.Counter
-	MessagesOut     map[string]*vm.Counter // by source
-	BytesOut        *vm.Counter
+	Connections *vm.Gauge
+	MessagesIn  *vm.Counter
+	BytesIn     *vm.Counter
+	MessagesOut map[string]*vm.Counter // by source
+	BytesOut    *vm.Counter
 	// Messages that went compressed (permessage-deflate), and their
 	// compressed payload bytes: beside BytesIn/BytesOut, the saving.
 	CompressedIn, CompressedOut           *vm.Counter
 	CompressedBytesIn, CompressedBytesOut *vm.Counter
-	APIRefused      *vm.Counter
-	APIRetries      map[string]*vm.Counter // by cause (upstream.Causes)
-	PendingMessages *vm.Gauge
-	PendingBytes    *vm.Gauge
-	Pushes          *vm.Counter
-	PushesNotFound  *vm.Counter
-	Broadcasts      *vm.Counter
-	Closes          map[string]*vm.Counter             // by cause
-	ControlDropped  *vm.Counter                        // pings and pongs past a client's rate, not acted on
-	Rejected        map[int]*vm.Counter                // handshakes answered with an error, by status
-	latency         map[string]*vm.PrometheusHistogram // API request latency by method
+	APIRefused                            *vm.Counter
+	APIRetries                            map[string]*vm.Counter // by cause (upstream.Causes)
+	PendingMessages                       *vm.Gauge
+	PendingBytes                          *vm.Gauge
+	Pushes                                *vm.Counter
+	PushesNotFound                        *vm.Counter
+	Broadcasts                            *vm.Counter
+	Closes                                map[string]*vm.Counter             // by cause
+	ControlDropped                        *vm.Counter                        // pings and pongs past a client's rate, not acted on
+	Rejected                              map[int]*vm.Counter                // handshakes answered with an error, by status
+	latency                               map[string]*vm.PrometheusHistogram // API request latency by method
 
 	mu sync.Mutex
 }
