@@ -73,6 +73,7 @@ type Options struct {
 	JSON      string
 	// Progress receives the live line each second (nil: none).
 	Progress io.Writer
+	Compress bool
 }
 
 // Summary is a run's result.
@@ -182,6 +183,7 @@ Flags:
 	fs.DurationVar(&o.Interval, "interval", 0, "each connection sends one message this often (0: never)")
 	fs.DurationVar(&o.Duration, "duration", 10*time.Second, "how long to measure once all are connected")
 	fs.IntVar(&o.Size, "size", 64, "message size in bytes")
+	fs.BoolVar(&o.Compress, "compression", false, "offer permessage-deflate (no context takeover), send messages compressed, and pad them with OCPP-like JSON instead of x's")
 	fs.IntVar(&o.Dialers, "dialers", 64, "handshakes in progress at once, per process")
 	fs.StringVar(&o.Prefix, "prefix", "bench-", "client id prefix")
 	fs.IntVar(&o.Procs, "procs", 0, "worker processes (0: one per 18,000 connections)")
@@ -278,7 +280,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		first := o.Conns * i / procs
 		cfg := workerConfig{
 			URL: o.URL, First: first, Count: o.Conns*(i+1)/procs - first, Total: o.Conns, Ramp: o.Ramp,
-			Dialers: o.Dialers, Interval: o.Interval, Size: o.Size, Prefix: o.Prefix, Sources: o.Sources, Insecure: o.Insecure,
+			Dialers: o.Dialers, Interval: o.Interval, Size: o.Size, Prefix: o.Prefix, Sources: o.Sources, Insecure: o.Insecure, Compress: o.Compress,
 		}
 		var err error
 		if procs == 1 {

@@ -41,6 +41,23 @@ type workerConfig struct {
 	Prefix   string        `json:"prefix"`   // id prefix
 	Sources  bool          `json:"sources"`  // spread connections over 127.0.1.x source addresses
 	Insecure bool          `json:"insecure"` // wss: accept any certificate
+	Compress bool          `json:"compress"` // offer permessage-deflate; pad messages with OCPP-like JSON
+}
+
+// deflateOffer is what a load connection offers with -compression: what
+// the gateway answers (no context takeover either way).
+const deflateOffer = "Sec-WebSocket-Extensions: permessage-deflate; server_no_context_takeover; client_no_context_takeover\r\n"
+
+// ocppPad fills messages with -compression: a MeterValues body, text that
+// deflates as a charger's would, not a run of one letter.
+const ocppPad = `[2,"3f1c","MeterValues",{"connectorId":1,"transactionId":48213,"meterValue":[{"timestamp":"2026-12-01T10:00:00Z","sampledValue":[{"value":"18342.7","context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"Wh"},{"value":"7.36","measurand":"Power.Active.Import","unit":"kW"},{"value":"231.4","measurand":"Voltage","phase":"L1","unit":"V"}]}]}]`
+
+// offer returns the extension header line a connection's upgrade carries.
+func (cfg *workerConfig) offer() string {
+	if cfg.Compress {
+		return deflateOffer
+	}
+	return ""
 }
 
 // report is a worker's cumulative counts, sent every second.
@@ -102,6 +119,7 @@ type loadConn struct {
 	mu    sync.Mutex
 	in    []byte
 	rd    ws.Reader
+	zbuf  []byte // a message deflated, with -compression
 	seq   int
 	buf   []byte
 	frame []byte
@@ -317,7 +335,7 @@ func (w *worker) open(ctx context.Context, g int) {
 		key[i] = byte(rand.Uint32())
 	}
 	req := "GET " + path + id + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + b64(key[:]) + "\r\n\r\n"
+		"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + b64(key[:]) + "\r\n" + w.cfg.offer() + "\r\n"
 	_ = conn.SetDeadline(time.Now().Add(30 * time.Second))
 	if _, err := io.WriteString(conn, req); err != nil {
 		conn.Close()
@@ -354,6 +372,7 @@ func (w *worker) open(ctx context.Context, g int) {
 	}
 	_ = conn.SetDeadline(time.Time{})
 	lc := &loadConn{w: w, idx: g}
+	lc.rd.Deflate = w.cfg.Compress && resp.Header.Get("Sec-WebSocket-Extensions") != ""
 	binaryKey := rand.Uint32()
 	lc.key = [4]byte{byte(binaryKey), byte(binaryKey >> 8), byte(binaryKey >> 16), byte(binaryKey >> 24)}
 	if secure {
@@ -429,7 +448,7 @@ func (w *worker) openAsync(g int, done func()) {
 		lc.mu.Unlock()
 		_ = c.SetReadDeadline(time.Now().Add(30 * time.Second))
 		req := "GET " + path + id + " HTTP/1.1\r\nHost: " + host + "\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n" +
-			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + b64(key[:]) + "\r\n\r\n"
+			"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: " + b64(key[:]) + "\r\n" + w.cfg.offer() + "\r\n"
 		if _, err := c.Write([]byte(req)); err != nil {
 			lc.handshakeFailed(fmt.Errorf("connect %s: %w", id, err))
 		}
@@ -477,6 +496,7 @@ func (lc *loadConn) shaken(head []byte) bool {
 		return false
 	}
 	lc.shaking = false
+	lc.rd.Deflate = w.cfg.Compress && bytes.Contains(bytes.ToLower(head), []byte("sec-websocket-extensions: permessage-deflate"))
 	_ = lc.nc.(*nbio.Conn).SetReadDeadline(time.Time{}) // only openAsync's connections shake here
 	w.connLat.Record(time.Since(lc.started))
 	w.connectOK.Add(1)
@@ -500,9 +520,22 @@ func (lc *loadConn) send(kind byte) {
 	p = strconv.AppendInt(p, int64(lc.seq), 10)
 	p = append(p, ' ')
 	for len(p) < lc.w.cfg.Size {
+		if lc.w.cfg.Compress {
+			p = append(p, ocppPad[:min(len(ocppPad), lc.w.cfg.Size-len(p))]...)
+			continue
+		}
 		p = append(p, 'x')
 	}
-	lc.frame = ws.AppendFrame(lc.frame[:0], ws.OpText, p, &lc.key)
+	if lc.rd.Deflate {
+		// Deflated on its own (no context takeover), RSV1 on, masked.
+		lc.zbuf = ws.AppendDeflated(lc.zbuf[:0], p)
+		start := len(ws.AppendHeader(lc.frame[:0], ws.OpText, true, len(lc.zbuf), &lc.key))
+		lc.frame = append(ws.AppendHeader(lc.frame[:0], ws.OpText, true, len(lc.zbuf), &lc.key), lc.zbuf...)
+		lc.frame[0] |= 0x40
+		ws.Mask(lc.frame[start:], lc.key, 0)
+	} else {
+		lc.frame = ws.AppendFrame(lc.frame[:0], ws.OpText, p, &lc.key)
+	}
 	lc.buf = p
 	_, err := lc.nc.Write(lc.frame)
 	lc.mu.Unlock()

@@ -102,6 +102,20 @@ func (t *tailReader) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+// ReadByte makes tailReader an io.ByteReader: the decompressor then reads
+// it as it is, instead of wrapping it in a 4 KiB bufio.Reader per message.
+func (t *tailReader) ReadByte() (byte, error) {
+	if len(t.b) == 0 {
+		if len(t.tail) == 0 {
+			return 0, io.EOF
+		}
+		t.b, t.tail = t.tail, nil
+	}
+	c := t.b[0]
+	t.b = t.b[1:]
+	return c, nil
+}
+
 var inflaters = sync.Pool{New: func() any {
 	f := &inflater{}
 	f.fr = flate.NewReader(&f.src)
