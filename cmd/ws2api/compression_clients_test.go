@@ -36,7 +36,7 @@ func TestCompressionWithNodeAndPythonClients(t *testing.T) {
 		for _, mode := range []string{"default", "window10"} {
 			t.Run(name+"/"+mode, func(t *testing.T) {
 				t.Parallel()
-				p := startWithEcho(t)
+				p := startWithEcho(t, "-compression", "on")
 				inBefore := metricValue(t, p, "ws2api_compressed_messages_in_total")
 				outBefore := metricValue(t, p, "ws2api_compressed_messages_out_total")
 				cmd := exec.Command(argv[0], append(argv[1:], "ws://"+p.public+"/"+name+"-"+mode, mode)...)

@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/gorilla/websocket"
+
 	"github.com/ws2api/ws2api/internal/bench"
 	"github.com/ws2api/ws2api/internal/ws"
 )
@@ -120,14 +122,14 @@ func (rc *rawDeflateClient) read(t *testing.T) (op ws.Opcode, payload []byte, rs
 
 // startWithEcho runs the gateway in front of the load tool's echo API
 // (POST answers its body, with its Content-Type), which logs nothing.
-func startWithEcho(t *testing.T) *proc {
+func startWithEcho(t *testing.T, flags ...string) *proc {
 	t.Helper()
 	api, err := bench.StartEchoAPI("127.0.0.1:0", 1)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(api.Stop)
-	return start(t, nil, "-api", "http://"+api.Addr+"/")
+	return start(t, nil, append([]string{"-api", "http://" + api.Addr + "/"}, flags...)...)
 }
 
 // permessage-deflate end to end through the binary, against the standard
@@ -138,7 +140,7 @@ func startWithEcho(t *testing.T) *proc {
 // client that did not negotiate gets no RSV1 ever.
 func TestCompressionEndToEnd(t *testing.T) {
 	t.Parallel()
-	p := startWithEcho(t)
+	p := startWithEcho(t, "-compression", "on")
 	rc := dialDeflate(t, p.public, "z1", "permessage-deflate; client_max_window_bits")
 	if rc.ext != ws.DeflateExtension {
 		t.Fatalf("negotiated %q, want %q", rc.ext, ws.DeflateExtension)
@@ -192,7 +194,7 @@ func TestCompressionEndToEnd(t *testing.T) {
 // RSV1 without negotiation 1002.
 func TestCompressionBadInput(t *testing.T) {
 	t.Parallel()
-	p := startWithEcho(t)
+	p := startWithEcho(t, "-compression", "on")
 	zeros := stdDeflate(make([]byte, 8<<20))
 	for _, tc := range []struct {
 		name      string
@@ -227,7 +229,7 @@ func TestCompressionBadInput(t *testing.T) {
 // one go both ways intact.
 func TestCompressionInChromium(t *testing.T) {
 	t.Parallel()
-	p := startWithEcho(t)
+	p := startWithEcho(t, "-compression", "on")
 	b := startChromium(t)
 	tab := b.open(t, p.control+"/healthz") // any page: the socket is the page's
 	tab.waitFor(t, `document.readyState === "complete" && document.body.textContent.includes("ok")`)
@@ -246,5 +248,53 @@ func TestCompressionInChromium(t *testing.T) {
 	}
 	if got := tab.eval(t, `got[1]`); got != "binary:70000" {
 		t.Errorf("Chromium's binary message came back as %v, want binary:70000", got)
+	}
+}
+
+// gorilla/websocket's own permessage-deflate (no context takeover, as
+// ws2api's) both ways: its compressed writes are read, ws2api's compressed
+// replies are read by it.
+func TestCompressionWithGorilla(t *testing.T) {
+	t.Parallel()
+	p := startWithEcho(t, "-compression", "on")
+	d := websocket.Dialer{EnableCompression: true}
+	c, resp, err := d.Dial("ws://"+p.public+"/gorilla-z", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	if got := resp.Header.Get("Sec-WebSocket-Extensions"); got != ws.DeflateExtension {
+		t.Fatalf("negotiated %q", got)
+	}
+	before := metricValue(t, p, "ws2api_compressed_messages_in_total")
+	msg := strings.Repeat(`{"value":"231.4","measurand":"Voltage"},`, 2000)
+	for i := range 20 {
+		text := fmt.Sprint(i, msg)
+		if err := c.WriteMessage(websocket.TextMessage, []byte(text)); err != nil {
+			t.Fatal(err)
+		}
+		_ = c.SetReadDeadline(time.Now().Add(10 * time.Second))
+		_, got, err := c.ReadMessage()
+		if err != nil || string(got) != text {
+			t.Fatalf("message %d: %v, %d bytes back of %d", i, err, len(got), len(text))
+		}
+	}
+	if n := metricValue(t, p, "ws2api_compressed_messages_in_total") - before; n != 20 {
+		t.Errorf("%v of gorilla's 20 messages came compressed, want 20", n)
+	}
+}
+
+// Off (the default), an offer is not answered and nothing goes compressed.
+func TestCompressionIsOffByDefault(t *testing.T) {
+	t.Parallel()
+	p := startWithEcho(t)
+	rc := dialDeflate(t, p.public, "off-1", "permessage-deflate; client_max_window_bits")
+	if rc.ext != "" {
+		t.Fatalf("negotiated %q with -compression off", rc.ext)
+	}
+	big := []byte(strings.Repeat("MeterValues ", 1000))
+	rc.send(t, big, false, 1<<20)
+	if _, got, rsv1 := rc.read(t); rsv1 || !bytes.Equal(got, big) {
+		t.Errorf("reply RSV1 %v, %d bytes", rsv1, len(got))
 	}
 }

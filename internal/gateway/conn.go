@@ -527,15 +527,21 @@ func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 	if c.compresses(op, len(payload)) {
 		bp := framePool.Get().(*[]byte)
 		deflated := ws.AppendDeflated((*bp)[:0], payload)
-		c.s.m.CompressedOut.Inc()
-		c.s.m.CompressedBytesOut.Add(len(deflated))
-		var hdr [ws.MaxHeaderLen]byte
-		err := c.writeLocked(ws.AppendCompressedHeader(hdr[:0], op, len(deflated)), deflated)
+		var err error
+		if len(deflated) < len(payload) { // else it goes as it is, below
+			c.s.m.CompressedOut.Inc()
+			c.s.m.CompressedBytesOut.Add(len(deflated))
+			var hdr [ws.MaxHeaderLen]byte
+			err = c.writeLocked(ws.AppendCompressedHeader(hdr[:0], op, len(deflated)), deflated)
+		}
+		smaller := len(deflated) < len(payload)
 		if cap(deflated) <= pooledFrameMax {
 			*bp = deflated[:0]
 			framePool.Put(bp)
 		}
-		return err
+		if smaller {
+			return err
+		}
 	}
 	if len(payload) > pooledFrameMax {
 		var hdr [ws.MaxHeaderLen]byte
@@ -552,7 +558,8 @@ func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 const pooledFrameMax = 16 << 10
 
 // compresses reports whether a data message of n bytes goes to this client
-// deflated.
+// deflated: if it negotiated compression, at or over -compression-min (and
+// then only if deflating made it smaller).
 func (c *conn) compresses(op ws.Opcode, n int) bool {
 	return c.rd.Deflate && !op.IsControl() && n >= c.s.opts.CompressMin
 }

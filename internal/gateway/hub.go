@@ -311,9 +311,15 @@ func (f *sharedFrame) forConn(c *conn) []byte {
 	}
 	f.once.Do(func() {
 		deflated := ws.AppendDeflated(nil, f.data)
+		if len(deflated) >= len(f.data) {
+			return // deflating made it no smaller: it goes as it is
+		}
 		f.wire = len(deflated)
 		f.deflated = ws.AppendCompressedFrame(make([]byte, 0, len(deflated)+ws.MaxHeaderLen), f.op, deflated)
 	})
+	if f.deflated == nil {
+		return f.plain
+	}
 	c.s.m.CompressedOut.Inc()
 	c.s.m.CompressedBytesOut.Add(f.wire)
 	return f.deflated

@@ -72,8 +72,8 @@ type Options struct {
 	// without context takeover either way (no state kept between messages).
 	Compression bool
 	// CompressMin is the smallest message sent compressed to a client that
-	// negotiated it; smaller ones go as they are (either is valid).
-	// Default 128 bytes; negative: compress every message.
+	// negotiated it; smaller ones go as they are (either is valid), and so
+	// does one that deflating does not make smaller. Default 256 bytes.
 	CompressMin int
 	// MaxPendingBytes bounds one client's messages waiting for the API; past
 	// it the client is closed with 1013. Each message counts its payload
@@ -553,7 +553,8 @@ func (s *Server) Connecting() int { return int(s.connecting.Load()) }
 // or its default).
 func (s *Server) MaxConns() int { return s.opts.MaxConns }
 
-// DefaultCompressMin is the default of Options.CompressMin: below it a
-// message deflated on its own saves a handful of bytes at best
-// (BENCHMARKS.md, "Compression").
-const DefaultCompressMin = 128
+// DefaultCompressMin is the default of Options.CompressMin: OCPP messages
+// under about 200 bytes come out of deflate, on their own, a few bytes
+// longer than they went in (BENCHMARKS.md, "Compression"), so below it
+// deflating would only cost CPU.
+const DefaultCompressMin = 256
