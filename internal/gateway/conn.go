@@ -76,6 +76,7 @@ type conn struct {
 	ctlTAT      int64        // the same for the ping and pong frames answered (keepalive.go)
 	floodTAT    int64        // the same for every ping and pong, at ten times the rate (keepalive.go)
 	outq        atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
+	shed        atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
 	msgsIn      atomic.Uint64
 	msgsOut     atomic.Uint64
 
@@ -337,7 +338,7 @@ func (c *conn) rejectLocked(r *reject) {
 	c.state = stClosing
 	c.discard = true
 	c.in = nil
-	_ = c.sock.Close()
+	end(c.sock)
 }
 
 // readFrames parses frames from what the socket delivered, after what was
@@ -444,7 +445,7 @@ func (c *conn) closeLocked(info closeInfo) {
 	_ = c.writeFrameLocked(ws.OpClose, ws.AppendClose(nil, info.code, info.reason))
 	c.state = stClosing
 	sock := c.sock
-	c.closeTimer = time.AfterFunc(c.s.opts.CloseTimeout, func() { _ = sock.Close() })
+	c.closeTimer = time.AfterFunc(c.s.opts.CloseTimeout, func() { end(sock) })
 }
 
 func (c *conn) setEnd(info closeInfo) {
@@ -477,7 +478,7 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	}
 	if !c.ended {
 		switch {
-		case errors.Is(err, errShed):
+		case errors.Is(err, errShed) || c.shed.Load():
 			c.setEnd(closeOutgoingTotal)
 		case errors.Is(err, nbio.ErrOverflow):
 			c.setEnd(closeInfo{code: ws.ClosePolicyViolation, reason: "slow consumer", cause: metrics.CauseSlowConsumer})

@@ -109,7 +109,7 @@ func (c *conn) keepLocked(now int64) {
 		c.setEnd(closePingTimeout)
 		c.discard = true
 		c.state = stClosing
-		_ = c.sock.Close()
+		end(c.sock)
 	case sent == 0 && now-c.lastRead.Load() >= int64(o.PingInterval):
 		c.pingSent.Store(now)
 		_ = c.writeFrameLocked(ws.OpPing, nil)

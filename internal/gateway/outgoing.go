@@ -95,10 +95,9 @@ func (c *conn) retireOut() {
 // shed closes the clients with the largest backlogs until the total, with
 // need bytes more, is within three quarters of MaxOutgoingTotal. c, whose
 // lock is held, is the writer: it reports whether c is still open. It
-// takes no other connection's lock: a shed client's socket is closed
-// from this goroutine and its OnClose does the rest. (A close off the
-// poller can meet nbio's stale-event hazard, see loop.CloseWrite; a shed
-// client is not sent anything more, so it is closed outright.)
+// takes no other connection's lock: a shed client is marked, its socket
+// shut down from this goroutine (end: its poller closes it), and its
+// OnClose does the rest.
 func (s *Server) shed(c *conn, need int64) bool {
 	s.shedMu.Lock()
 	defer s.shedMu.Unlock()
@@ -128,8 +127,9 @@ func (s *Server) shed(c *conn, need int64) bool {
 		if s.outgoing.Load() <= target {
 			break
 		}
-		_ = b.c.sock.CloseWithError(errShed)
-		b.c.retireOut() // after the close: the socket reports no write after it
+		b.c.shed.Store(true) // OnClose reads it: the close's cause
+		b.c.retireOut()      // first: from here writeLocked writes nothing more to it
+		end(b.c.sock)
 		closed++
 	}
 	if closed > 0 {

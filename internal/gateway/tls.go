@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
+
+	"github.com/ws2api/ws2api/internal/loop"
 )
 
 // socket is a client's byte stream as a conn uses it: an *nbio.Conn on the
@@ -25,6 +27,19 @@ type socket interface {
 }
 
 var _ socket = (*nbio.Conn)(nil)
+
+// end closes a client's socket from any goroutine: an event-loop socket is
+// shut down, and its poller closes it (loop.Shutdown: a close from
+// elsewhere could let a stale event close the next connection given its
+// descriptor); a TLS one, which owns its goroutines, is closed.
+func end(s socket) {
+	if nc, ok := s.(*nbio.Conn); ok {
+		if loop.Shutdown(nc) {
+			return
+		}
+	}
+	_ = s.Close()
+}
 
 // A client served over TLS (Options.TLS) does not live on the event loop:
 // crypto/tls, kept current with Go's security fixes, needs blocking reads.

@@ -194,6 +194,26 @@ func CloseWrite(c *nbio.Conn) bool {
 	return syscall.Shutdown(c.Hash(), syscall.SHUT_WR) == nil
 }
 
+// Shutdown ends c from any goroutine without freeing its descriptor: both
+// directions are shut down (the peer reads what the kernel holds, then the
+// end), and the poller, woken by it, closes c while it handles c's own
+// event, calling its handler's OnClose. What nbio still buffers for c is
+// dropped, as by Close. It reports whether it shut c down (false: c was
+// already closed, or its peer had reset it, which wakes the poller too).
+//
+// Closing from another goroutine frees the descriptor at once, and a
+// stale event of it still in a poller's batch can then close the next
+// connection given the same number (see CloseWrite): a shed slow consumer
+// once cost a control request its answer that way.
+func Shutdown(c *nbio.Conn) bool {
+	c.Lock()
+	defer c.Unlock()
+	if closed, _ := c.IsClosed(); closed {
+		return false
+	}
+	return syscall.Shutdown(c.Hash(), syscall.SHUT_RDWR) == nil
+}
+
 // hungUp reports whether the peer of socket fd has shut down its side.
 func hungUp(fd int) bool {
 	fds := []unix.PollFd{{Fd: int32(fd), Events: unix.POLLRDHUP}}

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/lesismal/nbio"
+	"golang.org/x/sys/unix"
 )
 
 // A loop stopped as soon as it is made stops: nbio loses a Stop that comes
@@ -178,5 +179,79 @@ func TestCloseWriteLetsThePeerReadToTheEndThenThePollerCloses(t *testing.T) {
 	}
 	if CloseWrite(nb) {
 		t.Fatal("CloseWrite of a closed connection reported success")
+	}
+}
+
+// blocker holds its poller in OnData until released.
+type blocker struct {
+	in      chan struct{}
+	release chan struct{}
+}
+
+func (b *blocker) OnData(*nbio.Conn, []byte) { b.in <- struct{}{}; <-b.release }
+func (b *blocker) OnClose(*nbio.Conn, error) {}
+
+// pair returns a connection on l with handler h, and its peer.
+func pair(t *testing.T, l *Loop, h Handler) (*nbio.Conn, net.Conn) {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	peer, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { peer.Close() })
+	ours, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	nb, err := l.Add(ours, h)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return nb, peer
+}
+
+// Shutdown from another goroutine leaves the descriptor to the poller:
+// while the poller is held elsewhere, the descriptor stays open (a close
+// here would free it at once, for the next accepted connection to take
+// while a stale event of it may still wait in the poller's batch); once
+// the poller runs, it closes the socket and the peer sees the end. Once
+// closed, Shutdown does nothing.
+func TestShutdownLeavesTheCloseToThePoller(t *testing.T) {
+	l, err := New("t", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	r := &recorder{closed: make(chan error, 1)}
+	nb, peer := pair(t, l, r)
+	b := &blocker{in: make(chan struct{}), release: make(chan struct{})}
+	_, holder := pair(t, l, b)
+	if _, err := holder.Write([]byte("hold")); err != nil {
+		t.Fatal(err)
+	}
+	<-b.in // the one poller is held in the blocker's OnData
+	if !Shutdown(nb) {
+		t.Fatal("Shutdown of an open connection did nothing")
+	}
+	if _, err := unix.FcntlInt(uintptr(nb.Hash()), unix.F_GETFD, 0); err != nil {
+		t.Fatalf("the descriptor was freed by Shutdown, off the poller: %v", err)
+	}
+	close(b.release)
+	_ = peer.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if n, err := peer.Read(make([]byte, 1)); n != 0 || err != io.EOF {
+		t.Fatalf("the peer read %d, %v; want the end", n, err)
+	}
+	select {
+	case <-r.closed:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the poller did not close the socket after Shutdown")
+	}
+	if Shutdown(nb) {
+		t.Fatal("Shutdown of a closed connection reported success")
 	}
 }

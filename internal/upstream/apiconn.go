@@ -12,6 +12,7 @@ import (
 	"github.com/lesismal/nbio"
 
 	"github.com/ws2api/ws2api/internal/http1"
+	"github.com/ws2api/ws2api/internal/loop"
 )
 
 // apiConn is one keep-alive connection of a [HostClient], carrying one
@@ -260,7 +261,12 @@ func (pc *apiConn) fail(err error, timedOut bool) {
 		pc.mu.Unlock()
 		close(pc.quit)
 		if pc.nb != nil {
-			pc.nb.Close()
+			// Shut down, not closed: fail runs on the janitor, a dialer or
+			// a caller's goroutine, and the poller must be the one to free
+			// the descriptor (loop.Shutdown).
+			if !loop.Shutdown(pc.nb) {
+				pc.nb.Close()
+			}
 		} else {
 			pc.nc.Close()
 		}
