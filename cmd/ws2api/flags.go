@@ -128,7 +128,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.Var(&cfg.maxPending, "max-pending", "a client's messages waiting for the API, each counted as its size plus 256; past it the client is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxPendingTotal, "max-pending-total", "all clients' messages waiting for the API, counted as for -max-pending; past it a client that sends is closed with 1013 (`bytes`)")
 	fs.Var(&cfg.maxOutgoing, "max-outgoing", "bytes waiting to be written to a client; past it the client is closed as a slow consumer (`bytes`)")
-	fs.Var(&cfg.maxOutTotal, "max-outgoing-total", "bytes waiting to be written to all clients; a write past it first closes the clients with the largest backlogs as slow consumers (`bytes`)")
+	fs.Var(&cfg.maxOutTotal, "max-outgoing-total", "bytes waiting to be written to all clients; a write past it first closes the clients with the oldest backlogs as slow consumers (`bytes`)")
 	fs.Var(&cfg.maxHeader, "max-header-size", "largest upgrade request head (`bytes`)")
 	fs.DurationVar(&cfg.handshakeTimeout, "handshake-timeout", 10*time.Second, "time a new connection has to send its upgrade request")
 	fs.StringVar(&cfg.controlToken, "control-token", "", "every control request but GET /healthz must carry Authorization: Bearer `token`; 401 otherwise")

@@ -77,8 +77,11 @@ type conn struct {
 	floodTAT    int64        // the same for every ping and pong, at ten times the rate (keepalive.go)
 	outq        atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
 	shed        atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
-	msgsIn      atomic.Uint64
-	msgsOut     atomic.Uint64
+	// backlogSince is when outq last became positive (unix ns): a shed
+	// closes the oldest backlogs first.
+	backlogSince atomic.Int64
+	msgsIn       atomic.Uint64
+	msgsOut      atomic.Uint64
 
 	upgraded bool // it reached stOpen: the API knows it and hears of its end
 	admitted bool // counted in s.admitted (MaxConns)

@@ -1,7 +1,9 @@
 package gateway_test
 
 import (
+	"encoding/binary"
 	"fmt"
+	"io"
 	"net/http"
 	"strings"
 	"sync"
@@ -103,8 +105,9 @@ func TestForwardedHeadersFromATrustedProxyAreKept(t *testing.T) {
 
 // Two clients that do not read and one that does. With the gateway's
 // outgoing total nearly reached, the next write closes the client with
-// the largest backlog, as a slow consumer; the smaller backlog and the
-// reader carry on.
+// the largest backlog (and the oldest: see the next test for a larger one
+// that is younger), as a slow consumer; the smaller backlog and the reader
+// carry on.
 func TestOutgoingTotalClosesTheLargestBacklogFirst(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)
@@ -312,4 +315,91 @@ func TestUpgradeHeadsAreReadStrictly(t *testing.T) {
 			t.Errorf("%s: X-Forwarded-Host %q, want %q", c.name, got, c.host)
 		}
 	}
+}
+
+// A client that reads but has fallen behind (starved of CPU, or on a slow
+// link) can hold more than a client that stopped reading long ago; the
+// shed closes the one whose backlog is older, not the larger. late, a
+// reader that has not read yet, gets a larger backlog than old's, begun
+// after old's; the shed closes old, and late then reads every byte sent to
+// it. (Ranked by size, late was closed: the reading client of
+// TestAbuseBroadcastsToClientsThatDoNotRead... was, under load.)
+func TestOutgoingTotalClosesTheOldestBacklogFirst(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	const limit = 4 << 20
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{MaxOutgoingTotal: limit, MaxOutgoingBytes: 4 * limit}, maxWriteBuffer: 4 * limit})
+	old := testkit.DialRawSmallWindow(t, h.addr, "old")
+	late := testkit.DialRawSmallWindow(t, h.addr, "late")
+	h.waitCount(2)
+	chunk := strings.Repeat("y", 64<<10)
+	push := func(id string) int {
+		status, _ := h.ctl("POST", "/"+id, "", chunk)
+		return status
+	}
+	// old: 1.5 MiB sent, of which the kernel holds some hundreds of KiB
+	// at most; late then piles up more than old's backlog until the total
+	// passes 4 MiB, and closing old alone brings it under the shed's target
+	// (3 MiB less a push).
+	for range 24 {
+		if status := push("old"); status != 200 {
+			t.Fatalf("push to old: %d", status)
+		}
+	}
+	eventually(t, "old's backlog", func() bool { return h.srv.Outgoing() > 1200<<10 })
+	sent := 0
+	for h.m.Closes["outgoing_total"].Get() == 0 {
+		if sent == 80 {
+			t.Fatalf("no shed after %d pushes to late; outgoing %d", sent, h.srv.Outgoing())
+		}
+		if status := push("late"); status != 200 {
+			t.Fatalf("push %d to late: %d", sent, status)
+		}
+		sent++
+	}
+	del := api.WaitDelete("old", wait)
+	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1008" || del.Body != "slow consumer" {
+		t.Errorf("old's DELETE: %s %q, want 1008 \"slow consumer\"", code, del.Body)
+	}
+	if n := h.m.Closes["outgoing_total"].Get(); n != 1 {
+		t.Fatalf("%d clients shed, want 1 (old)", n)
+	}
+	// late was kept: it reads all it was sent.
+	_ = late.SetReadDeadline(time.Now().Add(wait))
+	want := sent * len(chunk)
+	got := 0
+	for got < want {
+		f, err := readFramePayload(late)
+		if err != nil {
+			t.Fatalf("late read %d of %d bytes: %v", got, want, err)
+		}
+		got += f
+	}
+	_ = old.Close()
+}
+
+// readFramePayload reads one unmasked server frame and returns its payload
+// length.
+func readFramePayload(r *testkit.Raw) (int, error) {
+	var hdr [2]byte
+	if _, err := io.ReadFull(r.R, hdr[:]); err != nil {
+		return 0, err
+	}
+	n := int(hdr[1] & 0x7f)
+	switch n {
+	case 126:
+		var b [2]byte
+		if _, err := io.ReadFull(r.R, b[:]); err != nil {
+			return 0, err
+		}
+		n = int(b[0])<<8 | int(b[1])
+	case 127:
+		var b [8]byte
+		if _, err := io.ReadFull(r.R, b[:]); err != nil {
+			return 0, err
+		}
+		n = int(binary.BigEndian.Uint64(b[:]))
+	}
+	_, err := io.CopyN(io.Discard, r.R, int64(n))
+	return n, err
 }

@@ -32,6 +32,9 @@ type harness struct {
 type harnessOpts struct {
 	gw   gateway.Options
 	http upstream.HostOptions
+	// maxWriteBuffer is the loop's bound on what nbio holds for one
+	// socket (main passes -max-outgoing). Default 1 MiB.
+	maxWriteBuffer int
 }
 
 func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
@@ -41,7 +44,10 @@ func newHarness(t *testing.T, api *testkit.API, o harnessOpts) *harness {
 		log = slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelDebug}))
 	}
 	m := metrics.New()
-	lp, err := loop.New("test", 2, 1<<20)
+	if o.maxWriteBuffer == 0 {
+		o.maxWriteBuffer = 1 << 20
+	}
+	lp, err := loop.New("test", 2, o.maxWriteBuffer)
 	if err != nil {
 		t.Fatal(err)
 	}

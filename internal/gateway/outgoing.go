@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"slices"
+	"time"
 
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/ws"
@@ -27,7 +28,7 @@ import (
 // in ws2api's memory, and so does every broadcast it is sent.
 //
 // A write that would take the total past MaxOutgoingTotal first sheds:
-// the clients with the largest backlogs are closed at once, their backlog
+// the clients whose backlogs are oldest are closed at once, their backlog
 // dropped, until the total is down to three quarters of the cap (so that
 // the next writes do not shed again at once). They are slow consumers:
 // the API gets their DELETE with 1008, counted as outgoing_total. The
@@ -56,7 +57,8 @@ func (c *conn) writeLocked(hdr, payload []byte) error {
 	if s.outgoing.Load()+n > s.opts.MaxOutgoingTotal && !s.shed(c, n) {
 		return errShed
 	}
-	if c.outq.Add(n) < 0 { // retired: the socket has closed
+	before := c.outq.Add(n) - n
+	if before < 0 { // retired: the socket has closed
 		c.outq.Add(-n)
 		return net.ErrClosed
 	}
@@ -70,6 +72,10 @@ func (c *conn) writeLocked(hdr, payload []byte) error {
 			return err
 		}
 		n -= int64(len(b))
+	}
+	if before == 0 && c.outq.Load() > 0 {
+		// A backlog begins: the kernel did not take all of this write.
+		c.backlogSince.Store(time.Now().UnixNano())
 	}
 	return nil
 }
@@ -92,8 +98,12 @@ func (c *conn) retireOut() {
 	}
 }
 
-// shed closes the clients with the largest backlogs until the total, with
-// need bytes more, is within three quarters of MaxOutgoingTotal. c, whose
+// shed closes the clients whose backlogs have waited longest (the largest
+// first among equals) until the total, with need bytes more, is within
+// three quarters of MaxOutgoingTotal. The age decides, not the size: a
+// client that reads has emptied its backlog since a client that stopped
+// began to pile up, however large its own is at this moment (a reader
+// starved of CPU once held more than the stalled clients and was shed). c, whose
 // lock is held, is the writer: it reports whether c is still open. It
 // takes no other connection's lock: a shed client is marked, its socket
 // shut down from this goroutine (end: its poller closes it), and its
@@ -107,8 +117,9 @@ func (s *Server) shed(c *conn, need int64) bool {
 	}
 	target := limit - limit/4 - need
 	type backlog struct {
-		c *conn
-		n int64
+		c     *conn
+		n     int64
+		since int64
 	}
 	var backlogs []backlog
 	for i := range s.reg.shards {
@@ -116,12 +127,14 @@ func (s *Server) shed(c *conn, need int64) bool {
 		sh.mu.RLock()
 		for _, o := range sh.m {
 			if n := o.outq.Load(); n > 0 {
-				backlogs = append(backlogs, backlog{o, n})
+				backlogs = append(backlogs, backlog{o, n, o.backlogSince.Load()})
 			}
 		}
 		sh.mu.RUnlock()
 	}
-	slices.SortFunc(backlogs, func(a, b backlog) int { return cmp.Compare(b.n, a.n) })
+	slices.SortFunc(backlogs, func(a, b backlog) int {
+		return cmp.Or(cmp.Compare(a.since, b.since), cmp.Compare(b.n, a.n))
+	})
 	closed := 0
 	for _, b := range backlogs {
 		if s.outgoing.Load() <= target {
@@ -133,7 +146,7 @@ func (s *Server) shed(c *conn, need int64) bool {
 		closed++
 	}
 	if closed > 0 {
-		s.warn.Warn(s.log, "outgoing total reached: clients with the largest backlogs closed as slow consumers",
+		s.warn.Warn(s.log, "outgoing total reached: clients with the oldest backlogs closed as slow consumers",
 			"max_outgoing_total", limit, "closed", closed)
 	}
 	return c.outq.Load() >= 0

@@ -90,7 +90,7 @@ type Options struct {
 	MaxOutgoingBytes int
 	// MaxOutgoingTotal bounds the bytes waiting to be written to all
 	// clients, counted the same way: a write that would pass it first
-	// closes the clients with the largest backlogs, as slow consumers,
+	// closes the clients with the oldest backlogs, as slow consumers,
 	// until the total is three quarters of it (outgoing.go). Default 1 GiB.
 	MaxOutgoingTotal int64
 	// MaxHeaderBytes bounds an upgrade request's head. Default 8 KiB.
