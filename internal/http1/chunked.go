@@ -130,6 +130,11 @@ func (c *Chunked) takeLine(b []byte) (line []byte, n int, ok bool, err error) {
 		return nil, i + 1, false, fmt.Errorf("%w: chunk line over %d bytes", ErrMalformed, maxChunkLine)
 	case len(line) == 0 || line[len(line)-1] != '\r':
 		return nil, i + 1, false, fmt.Errorf("%w: chunk line ends in a bare LF", ErrMalformed)
+	case bytes.IndexByte(line[:len(line)-1], '\r') >= 0:
+		// A bare CR is invalid in HTTP/1.1 (RFC 9112 section 2.2), and
+		// readers disagree on where such a line ends: refused, as
+		// net/http refuses it.
+		return nil, i + 1, false, fmt.Errorf("%w: bare CR in a chunk line", ErrMalformed)
 	}
 	return line[:len(line)-1], i + 1, true, nil
 }

@@ -32,7 +32,7 @@ func TestChunkedDecodesInAnyPieces(t *testing.T) {
 			t.Fatalf("pieces of %d: body %q, used %d, done %v, err %v", piece, body, used, done, err)
 		}
 	}
-	for _, bad := range []string{"x\r\n", "5\r\nhelloXY", "\r\n", "5\r\nhello\r\n" + string(bytes.Repeat([]byte("a"), 5000))} {
+	for _, bad := range []string{"x\r\n", "5\r\nhelloXY", "\r\n", "0;\r\r0000\r00\r\n\r\n", "5;a\rb\r\nhello\r\n0\r\n\r\n", "5\r\nhello\r\n" + string(bytes.Repeat([]byte("a"), 5000))} {
 		if _, _, _, err := feedIn([]byte(bad), 1); !errors.Is(err, ErrMalformed) {
 			t.Errorf("%.20q: err %v, want ErrMalformed", bad, err)
 		}
