@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -83,8 +84,9 @@ var deflateTail = []byte{0x00, 0x00, 0xff, 0xff, 0x01, 0x00, 0x00, 0xff, 0xff}
 
 // inflater is a pooled decompressor with the reader it reads from.
 type inflater struct {
-	src tailReader
-	fr  io.ReadCloser
+	src     tailReader
+	fr      io.ReadCloser
+	scratch [8 << 10]byte // where a large message is measured
 }
 
 // tailReader reads a message's bytes, then deflateTail.
@@ -123,42 +125,100 @@ var inflaters = sync.Pool{New: func() any {
 }}
 
 // Inflate appends the decompressed form of one message's compressed
-// payload to dst. A message that inflates past maxBytes is [ErrTooBig]:
-// it is read only that far (a bomb of a few KiB costs buffers up to
-// maxBytes, never its inflated size). Data that does not inflate is
-// [ErrBadDeflate].
+// payload to dst. A message that inflates past maxBytes is [ErrTooBig],
+// found without allocating its size: a message that does not fit in
+// inflateDirect bytes is first only measured, through a fixed scratch
+// buffer, and inflated a second time into a buffer of exactly its size if
+// it is within the limit. A bomb of a few KiB that would inflate to
+// gigabytes costs the scratch buffer and the CPU to inflate maxBytes, no
+// memory. Data that does not inflate is [ErrBadDeflate].
 func Inflate(dst, compressed []byte, maxBytes int64) ([]byte, error) {
 	f := inflaters.Get().(*inflater)
 	defer inflaters.Put(f)
+	start := len(dst)
+	// Most messages are small: inflate straight into dst, up to
+	// inflateDirect bytes.
+	direct := min(maxBytes, inflateDirect)
+	dst, n, err := f.inflate(dst, compressed, direct+1)
+	switch {
+	case err != nil:
+		return dst[:start], err
+	case n <= direct:
+		return dst, nil
+	case maxBytes <= inflateDirect:
+		return dst[:start], ErrTooBig
+	}
+	// Larger: measure it first, into the scratch buffer.
+	size, err := f.measure(compressed, maxBytes+1)
+	switch {
+	case err != nil:
+		return dst[:start], err
+	case size > maxBytes:
+		return dst[:start], ErrTooBig
+	}
+	dst = slices.Grow(dst[:start], int(size))
+	dst, _, err = f.inflate(dst, compressed, size)
+	if err != nil {
+		return dst[:start], err
+	}
+	return dst, nil
+}
+
+// inflateDirect is the size up to which a message is inflated in one pass.
+const inflateDirect = 32 << 10
+
+// reset starts the decompressor on a message's bytes.
+func (f *inflater) reset(compressed []byte) error {
 	f.src = tailReader{b: compressed, tail: deflateTail}
 	if err := f.fr.(flate.Resetter).Reset(&f.src, nil); err != nil {
-		return dst, ErrBadDeflate
+		return ErrBadDeflate
+	}
+	return nil
+}
+
+// inflate appends to dst at most limit bytes of the message, growing dst
+// as needed, and returns how many it appended: limit means there may be
+// more.
+func (f *inflater) inflate(dst, compressed []byte, limit int64) ([]byte, int64, error) {
+	if err := f.reset(compressed); err != nil {
+		return dst, 0, err
 	}
 	start := len(dst)
-	limit := start + int(min(maxBytes, int64(^uint(0)>>2))) + 1 // one byte past the limit tells a bomb
-	for {
+	for int64(len(dst)-start) < limit {
 		if len(dst) == cap(dst) {
-			// Double, but never past the limit: a bomb costs the
-			// buffers grown up to maxBytes (about 3x maxBytes of
-			// allocation in all), whatever it would inflate to.
-			grown := make([]byte, len(dst), min(max(2*cap(dst), 4096), limit))
-			copy(grown, dst)
-			dst = grown
+			dst = slices.Grow(dst, int(min(int64(max(cap(dst), 4096)), limit-int64(len(dst)-start))))
 		}
-		// Never ask for more than one byte past the limit.
-		room := min(cap(dst)-len(dst), limit-len(dst))
-		n, err := f.fr.Read(dst[len(dst) : len(dst)+room])
+		room := min(int64(cap(dst)-len(dst)), limit-int64(len(dst)-start))
+		n, err := f.fr.Read(dst[len(dst) : len(dst)+int(room)])
 		dst = dst[:len(dst)+n]
-		if int64(len(dst)-start) > maxBytes {
-			return dst[:start], ErrTooBig
-		}
 		switch {
 		case errors.Is(err, io.EOF):
-			return dst, nil
+			return dst, int64(len(dst) - start), nil
 		case err != nil:
-			return dst[:start], ErrBadDeflate
+			return dst, 0, ErrBadDeflate
 		}
 	}
+	return dst, limit, nil
+}
+
+// measure inflates the message into the scratch buffer, counting, and
+// stops at limit bytes.
+func (f *inflater) measure(compressed []byte, limit int64) (int64, error) {
+	if err := f.reset(compressed); err != nil {
+		return 0, err
+	}
+	var total int64
+	for total < limit {
+		n, err := f.fr.Read(f.scratch[:min(int64(len(f.scratch)), limit-total)])
+		total += int64(n)
+		switch {
+		case errors.Is(err, io.EOF):
+			return total, nil
+		case err != nil:
+			return 0, ErrBadDeflate
+		}
+	}
+	return total, nil
 }
 
 // deflater is a pooled compressor writing into buf.
