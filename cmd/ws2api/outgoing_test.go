@@ -47,10 +47,12 @@ func TestAbuseBroadcastsToClientsThatDoNotReadStayWithinTheOutgoingTotal(t *test
 
 	reader := testkit.Dial(t, "ws://"+p.public+"/reader", nil)
 	got := make(chan string, 64)
+	var readErr error
 	go func() {
 		for {
 			_, b, err := reader.ReadMessage()
 			if err != nil {
+				readErr = err
 				close(got)
 				return
 			}
@@ -105,7 +107,10 @@ func TestAbuseBroadcastsToClientsThatDoNotReadStayWithinTheOutgoingTotal(t *test
 			peakOut.Store(out)
 		}
 		select {
-		case m := <-got:
+		case m, ok := <-got:
+			if !ok {
+				t.Fatalf("the reader was closed before broadcast %d: %v", i, readErr)
+			}
 			if want := fmt.Sprintf("bcast%03d", i); m != want {
 				t.Fatalf("the reader got %q, want %q", m, want)
 			}
