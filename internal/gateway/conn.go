@@ -72,11 +72,15 @@ type conn struct {
 	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
 	lastRead    atomic.Int64 // the keeper's clock when a byte last came in (keepalive.go)
 	pingSent    atomic.Int64 // the keeper's clock when it pinged, 0 once answered
-	rateTAT     int64        // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
-	ctlTAT      int64        // the same for the ping and pong frames answered (keepalive.go)
-	floodTAT    int64        // the same for every ping and pong, at ten times the rate (keepalive.go)
-	outq        atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
-	shed        atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
+	// pingEvery is the API's ping interval for this client (its connect
+	// answer's X-Ws2api-Ping-Interval): 0 for -ping-interval, negative for
+	// never. Set before the connection is registered, read-only after.
+	pingEvery time.Duration
+	rateTAT   int64        // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
+	ctlTAT    int64        // the same for the ping and pong frames answered (keepalive.go)
+	floodTAT  int64        // the same for every ping and pong, at ten times the rate (keepalive.go)
+	outq      atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
+	shed      atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
 	// backlogSince is when outq last became positive (unix ns): a shed
 	// closes the oldest backlogs first.
 	backlogSince atomic.Int64
@@ -233,6 +237,10 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.hs, c.get = nil, nil
 	c.connectDone()
 	rej, protocol, meta, groups := decide(hs, resp, err)
+	var ping time.Duration
+	if rej == nil {
+		ping, rej = pingOverride(resp)
+	}
 	if rej != nil && rej.status >= 500 { // the API failed, as opposed to refusing the client
 		var why any = rej.text
 		if err != nil {
@@ -274,6 +282,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	c.connectedAt = time.Now()
 	c.lastActive.Store(c.connectedAt.UnixNano())
 	c.lastRead.Store(c.connectedAt.UnixNano())
+	c.pingEvery = ping // before the registry publishes c to the keeper
 	old := s.reg.swap(c)
 	if s.opts.Presence != nil {
 		s.opts.Presence.Connected(c.id, c.connID)

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"net"
 	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -347,3 +348,72 @@ type noAPI struct{}
 func (noAPI) Do(*upstream.Request, func(*upstream.Response, error)) {}
 func (noAPI) Cancel(*upstream.Request) bool                         { return false }
 func (noAPI) Close()                                                {}
+
+// A charger that never answers pings (gorilla with a ping handler that does
+// nothing: it reads, but sends no pong) is closed as dead by the ping
+// timeout, unless the API's connect answer says X-Ws2api-Ping-Interval: 0
+// for it; with "1" it is pinged after a second of silence, not after
+// -ping-interval. A bad value refuses the connect with 502.
+func TestAPISetsAConnectionsPingInterval(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	api.Handle(func(c testkit.Call) testkit.Answer {
+		if c.Method != http.MethodGet {
+			return testkit.Default(c)
+		}
+		h := http.Header{}
+		switch {
+		case strings.HasPrefix(c.ID, "never"):
+			h.Set(gateway.HeaderPingInterval, "0")
+		case strings.HasPrefix(c.ID, "slow"):
+			h.Set(gateway.HeaderPingInterval, "1")
+		case strings.HasPrefix(c.ID, "bad"):
+			h.Set(gateway.HeaderPingInterval, strings.TrimPrefix(c.ID, "bad-"))
+		}
+		return testkit.Answer{Body: "ok", Header: h}
+	})
+	const interval, timeout = 100 * time.Millisecond, 200 * time.Millisecond
+	h := newHarness(t, api, harnessOpts{gw: gateway.Options{PingInterval: interval, PingTimeout: timeout}})
+	deaf := func(id string) *websocket.Conn {
+		c := testkit.Dial(t, h.url(id), nil)
+		c.SetPingHandler(func(string) error { return nil }) // never answers
+		go func() {
+			for {
+				if _, _, err := c.ReadMessage(); err != nil {
+					return
+				}
+			}
+		}()
+		return c
+	}
+	start := time.Now()
+	deaf("default")
+	deaf("never")
+	deaf("slow")
+	del := api.WaitDelete("default", wait)
+	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1006" || del.Body != "ping timeout" {
+		t.Fatalf("default's DELETE: %s %q, want 1006 \"ping timeout\"", code, del.Body)
+	}
+	del = api.WaitDelete("slow", wait)
+	if took := time.Since(start); took < time.Second {
+		t.Errorf("slow (1s interval) closed after %v, before its interval", took)
+	}
+	if del.Body != "ping timeout" {
+		t.Errorf("slow's DELETE body %q", del.Body)
+	}
+	// never has been silent for 5 of -ping-interval plus -ping-timeout
+	// since slow was found dead: it is still there.
+	time.Sleep(5 * (interval + timeout))
+	if calls := api.CallsFor("never"); calls[len(calls)-1].Method == http.MethodDelete {
+		t.Fatal("a connection the API exempted from pings was closed")
+	}
+	if status, _ := h.ctl("GET", "/never", "", ""); status != 200 {
+		t.Fatalf("never: info %d", status)
+	}
+	for _, bad := range []string{"-5", "abc", "500ms", "25h"} {
+		_, resp, err := websocket.DefaultDialer.Dial(h.url("bad-"+bad), nil)
+		if err == nil || resp == nil || resp.StatusCode != http.StatusBadGateway {
+			t.Errorf("ping interval %q: %v, want 502", bad, err)
+		}
+	}
+}

@@ -1,9 +1,12 @@
 package gateway
 
 import (
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/ws2api/ws2api/internal/metrics"
+	"github.com/ws2api/ws2api/internal/upstream"
 	"github.com/ws2api/ws2api/internal/ws"
 )
 
@@ -83,13 +86,49 @@ func (c *conn) keeperDue(now int64) bool {
 	if o.IdleTimeout > 0 && now-c.lastActive.Load() >= int64(o.IdleTimeout) {
 		return true
 	}
-	if o.PingInterval <= 0 {
+	every := c.pingInterval()
+	if every <= 0 {
 		return false
 	}
 	if sent := c.pingSent.Load(); sent != 0 {
 		return now-sent >= int64(o.PingTimeout)
 	}
-	return now-c.lastRead.Load() >= int64(o.PingInterval)
+	return now-c.lastRead.Load() >= int64(every)
+}
+
+// pingInterval is how long c may be silent before it is pinged: the API's
+// choice for it, else -ping-interval; 0 or less: never.
+func (c *conn) pingInterval() time.Duration {
+	if c.pingEvery != 0 {
+		return c.pingEvery
+	}
+	return c.s.opts.PingInterval
+}
+
+// HeaderPingInterval, in the API's connect answer, sets that client's ping
+// interval: seconds ("45") or a Go duration ("1m30s"), 1s to 24h, or 0 for
+// never (a charger that does not answer pings: OCPP's
+// WebSocketPingInterval is the same setting on the charger's side).
+const HeaderPingInterval = "X-Ws2api-Ping-Interval"
+
+// pingOverride reads HeaderPingInterval from a connect answer: 0 if it is
+// absent, negative for never.
+func pingOverride(resp *upstream.Response) (time.Duration, *reject) {
+	v := strings.TrimSpace(resp.Get(HeaderPingInterval))
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if n, nerr := strconv.Atoi(v); nerr == nil {
+		d, err = time.Duration(n)*time.Second, nil
+	}
+	switch {
+	case err == nil && d == 0:
+		return -1, nil
+	case err != nil || d < time.Second || d > 24*time.Hour:
+		return 0, &reject{status: 502, text: "the API sent a bad " + HeaderPingInterval + " " + quote(v) + ": seconds or a duration from 1s to 24h, or 0 for never"}
+	}
+	return d, nil
 }
 
 // keepLocked pings c or closes it, as keeperDue found.
@@ -103,14 +142,14 @@ func (c *conn) keepLocked(now int64) {
 	switch sent := c.pingSent.Load(); {
 	case o.IdleTimeout > 0 && now-c.lastActive.Load() >= int64(o.IdleTimeout):
 		c.closeLocked(closeIdle)
-	case o.PingInterval <= 0:
+	case c.pingInterval() <= 0:
 	case sent != 0 && now-sent >= int64(o.PingTimeout):
 		// A dead peer reads no close frame: just close the socket.
 		c.setEnd(closePingTimeout)
 		c.discard = true
 		c.state = stClosing
 		end(c.sock)
-	case sent == 0 && now-c.lastRead.Load() >= int64(o.PingInterval):
+	case sent == 0 && now-c.lastRead.Load() >= int64(c.pingInterval()):
 		c.pingSent.Store(now)
 		_ = c.writeFrameLocked(ws.OpPing, nil)
 	}
