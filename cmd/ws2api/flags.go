@@ -140,7 +140,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.IntVar(&cfg.maxConnecting, "max-connecting", 4096, "most upgrades waiting for the API's answer to their connect GET; one past it is answered 503 with Retry-After")
 	fs.Float64Var(&cfg.maxMsgRate, "max-msg-rate", 100, "messages per second of one client sent to the API, a second's worth at once; a client sending faster is paced: its messages wait their turn within -max-pending (0: no limit)")
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a client with 1001 after this long without a message either way; pings do not count (0: never)")
-	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping)")
+	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping); the API can set it per client with X-Ws2api-Ping-Interval in its connect answer")
 	fs.DurationVar(&cfg.pingTimeout, "ping-timeout", 20*time.Second, "a pinged client that then sends nothing for this long is dead: closed, DELETE with 1006")
 	fs.StringVar(&cfg.redis, "redis", "", "join the cluster whose bus is this Redis `URL` (redis://[:password@]host:port/db, rediss:// for TLS): control requests reach clients on any node, broadcasts every node")
 	fs.StringVar(&cfg.clusterPrefix, "cluster-prefix", "ws2api:", "`prefix` of every Redis key and channel the cluster uses (clusters sharing one Redis need different ones)")

@@ -529,9 +529,10 @@ func (lc *loadConn) send(kind byte) {
 	if lc.rd.Deflate {
 		// Deflated on its own (no context takeover), RSV1 on, masked.
 		lc.zbuf = ws.AppendDeflated(lc.zbuf[:0], p)
-		start := len(ws.AppendHeader(lc.frame[:0], ws.OpText, true, len(lc.zbuf), &lc.key))
-		lc.frame = append(ws.AppendHeader(lc.frame[:0], ws.OpText, true, len(lc.zbuf), &lc.key), lc.zbuf...)
-		lc.frame[0] |= 0x40
+		lc.frame = ws.AppendHeader(lc.frame[:0], ws.OpText, true, len(lc.zbuf), &lc.key)
+		lc.frame[0] |= 0x40 // RSV1
+		start := len(lc.frame)
+		lc.frame = append(lc.frame, lc.zbuf...)
 		ws.Mask(lc.frame[start:], lc.key, 0)
 	} else {
 		lc.frame = ws.AppendFrame(lc.frame[:0], ws.OpText, p, &lc.key)

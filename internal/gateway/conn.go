@@ -378,8 +378,7 @@ func (c *conn) readFrames(data []byte) {
 		switch m.Op {
 		case ws.OpText, ws.OpBinary:
 			if m.Compressed > 0 {
-				c.s.m.CompressedIn.Inc()
-				c.s.m.CompressedBytesIn.Add(m.Compressed)
+				c.s.m.CompressedInMessage(m.Compressed)
 			}
 			if !c.dropData {
 				c.enqueue(m.Op, m.Payload)
@@ -538,21 +537,7 @@ func errText(err error) string {
 // the kernel does not take, counted in c's backlog (outgoing.go).
 func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 	if c.compresses(op, len(payload)) {
-		bp := framePool.Get().(*[]byte)
-		deflated := ws.AppendDeflated((*bp)[:0], payload)
-		var err error
-		if len(deflated) < len(payload) { // else it goes as it is, below
-			c.s.m.CompressedOut.Inc()
-			c.s.m.CompressedBytesOut.Add(len(deflated))
-			var hdr [ws.MaxHeaderLen]byte
-			err = c.writeLocked(ws.AppendCompressedHeader(hdr[:0], op, len(deflated)), deflated)
-		}
-		smaller := len(deflated) < len(payload)
-		if cap(deflated) <= pooledFrameMax {
-			*bp = deflated[:0]
-			framePool.Put(bp)
-		}
-		if smaller {
+		if sent, err := c.writeDeflatedLocked(op, payload); sent {
 			return err
 		}
 	}
@@ -572,9 +557,34 @@ const pooledFrameMax = 16 << 10
 
 // compresses reports whether a data message of n bytes goes to this client
 // deflated: if it negotiated compression, at or over -compression-min (and
-// then only if deflating made it smaller).
+// then only if deflating made it smaller: deflateSmaller).
 func (c *conn) compresses(op ws.Opcode, n int) bool {
 	return c.rd.Deflate && !op.IsControl() && n >= c.s.opts.CompressMin
+}
+
+// writeDeflatedLocked writes one message deflated, and reports whether it
+// did: not if deflating made it no smaller (it then goes as it is).
+func (c *conn) writeDeflatedLocked(op ws.Opcode, payload []byte) (bool, error) {
+	bp := framePool.Get().(*[]byte)
+	deflated, smaller := deflateSmaller((*bp)[:0], payload)
+	var err error
+	if smaller {
+		c.s.m.CompressedOutMessage(len(deflated))
+		var hdr [ws.MaxHeaderLen]byte
+		err = c.writeLocked(ws.AppendCompressedHeader(hdr[:0], op, len(deflated)), deflated)
+	}
+	if cap(deflated) <= pooledFrameMax {
+		*bp = deflated[:0]
+		framePool.Put(bp)
+	}
+	return smaller, err
+}
+
+// deflateSmaller appends payload deflated to dst, and reports whether that
+// is smaller than payload: OCPP messages under ~200 bytes come out longer.
+func deflateSmaller(dst, payload []byte) ([]byte, bool) {
+	out := ws.AppendDeflated(dst, payload)
+	return out, len(out)-len(dst) < len(payload)
 }
 
 var framePool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}

@@ -310,18 +310,15 @@ func (f *sharedFrame) forConn(c *conn) []byte {
 		return f.plain
 	}
 	f.once.Do(func() {
-		deflated := ws.AppendDeflated(nil, f.data)
-		if len(deflated) >= len(f.data) {
-			return // deflating made it no smaller: it goes as it is
+		if deflated, smaller := deflateSmaller(nil, f.data); smaller {
+			f.wire = len(deflated)
+			f.deflated = ws.AppendCompressedFrame(make([]byte, 0, len(deflated)+ws.MaxHeaderLen), f.op, deflated)
 		}
-		f.wire = len(deflated)
-		f.deflated = ws.AppendCompressedFrame(make([]byte, 0, len(deflated)+ws.MaxHeaderLen), f.op, deflated)
 	})
 	if f.deflated == nil {
-		return f.plain
+		return f.plain // deflating made it no smaller: it goes as it is
 	}
-	c.s.m.CompressedOut.Inc()
-	c.s.m.CompressedBytesOut.Add(f.wire)
+	c.s.m.CompressedOutMessage(f.wire)
 	return f.deflated
 }
 

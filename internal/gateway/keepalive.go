@@ -118,9 +118,12 @@ func pingOverride(resp *upstream.Response) (time.Duration, *reject) {
 	if v == "" {
 		return 0, nil
 	}
-	d, err := time.ParseDuration(v)
-	if n, nerr := strconv.Atoi(v); nerr == nil {
-		d, err = time.Duration(n)*time.Second, nil
+	var d time.Duration
+	n, err := strconv.Atoi(v)
+	if err == nil {
+		d = time.Duration(n) * time.Second
+	} else {
+		d, err = time.ParseDuration(v)
 	}
 	switch {
 	case err == nil && d == 0:

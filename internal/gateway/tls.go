@@ -31,12 +31,12 @@ var _ socket = (*nbio.Conn)(nil)
 // end closes a client's socket from any goroutine: an event-loop socket is
 // shut down, and its poller closes it (loop.Shutdown: a close from
 // elsewhere could let a stale event close the next connection given its
-// descriptor); a TLS one, which owns its goroutines, is closed.
+// descriptor; one already closed, or reset by its peer, needs nothing); a
+// TLS one, which owns its goroutines, is closed.
 func end(s socket) {
 	if nc, ok := s.(*nbio.Conn); ok {
-		if loop.Shutdown(nc) {
-			return
-		}
+		loop.Shutdown(nc)
+		return
 	}
 	_ = s.Close()
 }

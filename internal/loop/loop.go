@@ -185,14 +185,7 @@ func (l *Loop) onRead(c *nbio.Conn) {
 // still in the poller's batch, then closes the new one (seen: a control
 // request answered with nothing). After CloseWrite the peer closes, and
 // the poller closes the socket while it handles that socket's own event.
-func CloseWrite(c *nbio.Conn) bool {
-	c.Lock()
-	defer c.Unlock()
-	if closed, _ := c.IsClosed(); closed {
-		return false // nbio marks it closed, under this lock, before it frees the descriptor
-	}
-	return syscall.Shutdown(c.Hash(), syscall.SHUT_WR) == nil
-}
+func CloseWrite(c *nbio.Conn) bool { return shutdown(c, syscall.SHUT_WR) }
 
 // Shutdown ends c from any goroutine without freeing its descriptor: both
 // directions are shut down (the peer reads what the kernel holds, then the
@@ -205,13 +198,18 @@ func CloseWrite(c *nbio.Conn) bool {
 // stale event of it still in a poller's batch can then close the next
 // connection given the same number (see CloseWrite): a shed slow consumer
 // once cost a control request its answer that way.
-func Shutdown(c *nbio.Conn) bool {
+func Shutdown(c *nbio.Conn) bool { return shutdown(c, syscall.SHUT_RDWR) }
+
+// shutdown shuts c's socket down (how: SHUT_WR or SHUT_RDWR) if it is still
+// open: nbio marks a socket closed, under this lock, before it frees the
+// descriptor, so the number is still c's here.
+func shutdown(c *nbio.Conn, how int) bool {
 	c.Lock()
 	defer c.Unlock()
 	if closed, _ := c.IsClosed(); closed {
 		return false
 	}
-	return syscall.Shutdown(c.Hash(), syscall.SHUT_RDWR) == nil
+	return syscall.Shutdown(c.Hash(), how) == nil
 }
 
 // hungUp reports whether the peer of socket fd has shut down its side.

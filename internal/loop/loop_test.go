@@ -136,25 +136,8 @@ func TestCloseWriteLetsThePeerReadToTheEndThenThePollerCloses(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Stop()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	peer, err := net.Dial("tcp", ln.Addr().String())
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer peer.Close()
-	ours, err := ln.Accept()
-	if err != nil {
-		t.Fatal(err)
-	}
 	r := &recorder{closed: make(chan error, 1)}
-	nb, err := l.Add(ours, r)
-	if err != nil {
-		t.Fatal(err)
-	}
+	nb, peer := pair(t, l, r)
 	if _, err := nb.Write([]byte("the answer")); err != nil {
 		t.Fatal(err)
 	}

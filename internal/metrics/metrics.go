@@ -153,6 +153,20 @@ var latencyBuckets = []float64{.0005, .001, .0025, .005, .01, .025, .05, .1, .25
 // Started counts a request sent to the API (upstream.Observer).
 func (m *Metrics) Started(string) { m.RequestsStarted.Inc() }
 
+// CompressedOutMessage counts a message written compressed, n bytes on the
+// wire.
+func (m *Metrics) CompressedOutMessage(n int) {
+	m.CompressedOut.Inc()
+	m.CompressedBytesOut.Add(n)
+}
+
+// CompressedInMessage counts a message received compressed, n bytes on the
+// wire.
+func (m *Metrics) CompressedInMessage(n int) {
+	m.CompressedIn.Inc()
+	m.CompressedBytesIn.Add(n)
+}
+
 // Resent counts a request sent to the API again (upstream.Observer).
 func (m *Metrics) Resent(_, cause string) {
 	if c := m.APIRetries[cause]; c != nil {

@@ -264,9 +264,7 @@ func (pc *apiConn) fail(err error, timedOut bool) {
 			// Shut down, not closed: fail runs on the janitor, a dialer or
 			// a caller's goroutine, and the poller must be the one to free
 			// the descriptor (loop.Shutdown).
-			if !loop.Shutdown(pc.nb) {
-				pc.nb.Close()
-			}
+			loop.Shutdown(pc.nb)
 		} else {
 			pc.nc.Close()
 		}
