@@ -48,6 +48,7 @@ type Local interface {
 	Join(id, group string) error
 	Leave(id, group string) (bool, error)
 	SetMeta(id, name, value string, remove bool) error
+	Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error)
 	Broadcast(binary bool, data []byte) int
 	BroadcastGroup(group string, binary bool, data []byte) (int, error)
 	CloseReplaced(id, connID string)

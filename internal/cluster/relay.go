@@ -42,6 +42,7 @@ const (
 	opJoin     = "join"
 	opLeave    = "leave"
 	opMeta     = "meta"
+	opCall     = "call"
 )
 
 // envelope is every message on the bus, as JSON.
@@ -62,6 +63,9 @@ type envelope struct {
 	Name   string   `json:"name,omitempty"`
 	Value  string   `json:"value,omitempty"`
 	Remove bool     `json:"remove,omitempty"`
+	// Wait is how long a call waits for the client's answer: the
+	// requester waits that much longer for the node's.
+	Wait time.Duration `json:"wait,omitempty"`
 
 	// Answers.
 	NotConnected bool          `json:"nc,omitempty"`  // the id is not (or no longer) here
@@ -69,6 +73,7 @@ type envelope struct {
 	Info         *gateway.Info `json:"info,omitempty"`
 	Count        int           `json:"count,omitempty"`
 	Missing      []string      `json:"missing,omitempty"`
+	Fail         string        `json:"fail,omitempty"` // a call's failure: a key of callFailures
 
 	// Replaced notices: the connection of ID that another took over.
 	Conn string `json:"conn,omitempty"`
@@ -80,6 +85,29 @@ type envelope struct {
 type errRefused struct{ msg string }
 
 func (e errRefused) Error() string { return e.msg }
+
+// callFailures are the errors of a call that cross the bus, by name.
+var callFailures = map[string]error{
+	"timeout": gateway.ErrCallTimeout,
+	"gone":    gateway.ErrClientGone,
+	"pending": gateway.ErrCallPending,
+}
+
+// Call sends a call to id, held by another node, and returns the client's
+// answer (gateway.Server.Call).
+func (b *Bus) Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error) {
+	a, err := b.relay(id, envelope{Op: opCall, ID: id, Binary: binary, Data: data, Wait: wait})
+	if err != nil {
+		return gateway.Answer{}, err
+	}
+	if a.Fail != "" {
+		if known := callFailures[a.Fail]; known != nil {
+			return gateway.Answer{}, known
+		}
+		return gateway.Answer{}, errRefused{a.Fail}
+	}
+	return gateway.Answer{Binary: a.Binary, Data: a.Data}, nil
+}
 
 // Push sends a message to id, held by another node.
 func (b *Bus) Push(id string, binary bool, data []byte) error {
@@ -200,7 +228,7 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	if !b.up.Load() {
 		return envelope{}, ErrUnavailable
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout+req.Wait)
 	defer cancel()
 	holder, err := b.doRead(ctx, func(c rueidis.Client) rueidis.Completed { return c.B().Get().Key(b.idKey(id)).Build() }).ToString()
 	node := nodeOf(holder)
@@ -304,6 +332,16 @@ func (b *Bus) serve(e envelope) {
 			a.Was, err = l.Leave(e.ID, e.Group)
 		case opMeta:
 			err = l.SetMeta(e.ID, e.Name, e.Value, e.Remove)
+		case opCall:
+			var ans gateway.Answer
+			if ans, err = l.Call(e.ID, e.Binary, e.Data, e.Wait); err == nil {
+				a.Binary, a.Data = ans.Binary, ans.Data
+			}
+			for name, known := range callFailures {
+				if errors.Is(err, known) {
+					a.Fail, err = name, nil
+				}
+			}
 		default:
 			err = errors.New("unknown operation " + e.Op)
 		}

@@ -3,6 +3,7 @@ package control
 import (
 	"errors"
 	"net/http"
+	"time"
 
 	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/gateway"
@@ -23,6 +24,7 @@ type Relay interface {
 	Join(id, group string) error
 	Leave(id, group string) (bool, error)
 	SetMeta(id, name, value string, remove bool) error
+	Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error)
 	Broadcast(group string, binary bool, data []byte) (delivered, nodes int, err error)
 }
 
@@ -37,6 +39,7 @@ type clientHub interface {
 	Join(id, group string) error
 	Leave(id, group string) (bool, error)
 	SetMeta(id, name, value string, remove bool) error
+	Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error)
 }
 
 // clusterHub tries this node's clients first, then the node holding the
@@ -51,6 +54,13 @@ func (c clusterHub) Push(id string, binary bool, data []byte) error {
 		return err
 	}
 	return c.relay.Push(id, binary, data)
+}
+
+func (c clusterHub) Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error) {
+	if a, err := c.local.Call(id, binary, data, wait); !errors.Is(err, gateway.ErrNotConnected) {
+		return a, err
+	}
+	return c.relay.Call(id, binary, data, wait)
 }
 
 func (c clusterHub) Info(id string) (gateway.Info, error) {

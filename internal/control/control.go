@@ -19,6 +19,7 @@ import (
 	"net/url"
 	"strconv"
 	"strings"
+	"time"
 	"unicode/utf8"
 
 	"github.com/ws2api/ws2api/internal/cluster"
@@ -41,6 +42,7 @@ type Hub interface {
 	Groups() map[string]int
 	GroupMembers(group, after string, limit int) (ids []string, next string, err error)
 	SetMeta(id, name, value string, remove bool) error
+	Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error)
 	Count() int
 	Draining() bool
 }
@@ -242,8 +244,8 @@ func (h *Handler) tooLargeText() string {
 	return "message larger than " + strconv.FormatInt(h.opts.MaxBodyBytes, 10) + " bytes"
 }
 
-// clientResult answers /<seg>: POST pushes, GET describes, DELETE closes.
-// seg is the id as sent, escaped.
+// clientResult answers /<seg>: POST pushes (with ?await=, calls), GET
+// describes, DELETE closes. seg is the id as sent, escaped.
 func (h *Handler) clientResult(hub clientHub, method, seg, rawQuery, contentType string, body []byte) result {
 	id, bad := parseID(seg)
 	if bad != nil {
@@ -251,6 +253,9 @@ func (h *Handler) clientResult(hub clientHub, method, seg, rawQuery, contentType
 	}
 	switch method {
 	case http.MethodPost:
+		if wait, ok := awaitOf(rawQuery); ok {
+			return h.call(hub, id, wait, contentType, body)
+		}
 		return h.push(hub, id, contentType, body)
 	case http.MethodGet:
 		return h.info(hub, id)
@@ -278,6 +283,73 @@ func (h *Handler) push(hub clientHub, id, contentType string, body []byte) resul
 		return text(http.StatusInternalServerError, err.Error())
 	}
 	return resultOK
+}
+
+// maxAwait bounds ?await=: OCPP's own call timeouts are tens of seconds.
+const maxAwait = 5 * time.Minute
+
+// awaitOf returns the ?await= of a push's query: a duration ("30s") or a
+// number of seconds. ok is false without one; a bad one is returned as
+// is, for call to refuse.
+func awaitOf(rawQuery string) (wait string, ok bool) {
+	if !strings.Contains(rawQuery, "await") {
+		return "", false
+	}
+	q, err := url.ParseQuery(rawQuery)
+	if err != nil {
+		return "", false
+	}
+	return q.Get("await"), q.Has("await")
+}
+
+// parseAwait reads ?await=: a Go duration or a number of seconds, above 0
+// and at most maxAwait.
+func parseAwait(s string) (time.Duration, bool) {
+	d, err := time.ParseDuration(s)
+	if err != nil {
+		secs, ferr := strconv.ParseFloat(s, 64)
+		if ferr != nil || secs != secs { // (NaN)
+			return 0, false
+		}
+		d = time.Duration(secs * float64(time.Second))
+	}
+	return d, d > 0 && d <= maxAwait
+}
+
+// call serves POST /<id>?await=: the message goes to the client, and its
+// answer to it comes back as this request's answer (gateway.Server.Call).
+func (h *Handler) call(hub clientHub, id, await, contentType string, body []byte) result {
+	wait, ok := parseAwait(await)
+	if !ok {
+		return text(http.StatusBadRequest, "bad ?await="+quoteShort(await)+": a duration (30s) or seconds, above 0 and at most "+maxAwait.String())
+	}
+	binary, bad := messageKind(contentType, body)
+	if bad != nil {
+		return *bad
+	}
+	answer, err := hub.Call(id, binary, body, wait)
+	if r, ok := busFailure(id, err); ok {
+		return r
+	}
+	switch {
+	case err == nil:
+		ctype := "application/json"
+		if answer.Binary {
+			ctype = "application/octet-stream"
+		}
+		return result{status: http.StatusOK, ctype: ctype, body: answer.Data}
+	case errors.Is(err, gateway.ErrNotACall):
+		return text(http.StatusBadRequest, err.Error())
+	case errors.Is(err, gateway.ErrNotConnected):
+		return resultNotFound
+	case errors.Is(err, gateway.ErrClientGone):
+		return text(http.StatusGone, err.Error())
+	case errors.Is(err, gateway.ErrCallTimeout):
+		return text(http.StatusGatewayTimeout, "the client did not answer within "+wait.String())
+	case errors.Is(err, gateway.ErrCallPending):
+		return text(http.StatusConflict, err.Error())
+	}
+	return text(http.StatusInternalServerError, err.Error())
 }
 
 func (h *Handler) info(hub clientHub, id string) result {

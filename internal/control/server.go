@@ -307,6 +307,13 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 	case path == "/healthz" && head.Method == http.MethodGet:
 		c.ready(h.healthz(), closeAfter)
 	case isClient && id != "" && !strings.Contains(id, "/") && path != "/metrics" && id != "healthz":
+		if head.Method == http.MethodPost {
+			if _, await := awaitOf(rawQuery); await {
+				// A call waits for the client's answer: on a goroutine.
+				c.slow(append([]byte(nil), b[:total]...), closeAfter)
+				break
+			}
+		}
 		// This node's clients are served here; an id held by another node
 		// needs a round trip through the bus, on a goroutine.
 		r := h.clientResult(h.opts.Hub, head.Method, id, rawQuery, head.Get("Content-Type"), body)

@@ -8,6 +8,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/metrics"
@@ -181,6 +182,10 @@ func (s *stubHub) GroupMembers(g, _ string, _ int) ([]string, string, error) {
 func (s *stubHub) SetMeta(id, name, _ string, _ bool) error {
 	s.note("SetMeta " + id + " " + name)
 	return s.known(id)
+}
+func (s *stubHub) Call(id string, _ bool, _ []byte, _ time.Duration) (gateway.Answer, error) {
+	s.note("Call " + id)
+	return gateway.Answer{Data: []byte(`[3,"u",{}]`)}, s.known(id)
 }
 func (s *stubHub) Count() int     { s.note("Count"); return 1 }
 func (s *stubHub) Draining() bool { s.note("Draining"); return false }

@@ -106,6 +106,8 @@ type conn struct {
 	deleteSent   bool
 	keySeq       uint64 // the requests keyed so far
 
+	calls map[string]chan<- callReply // the Calls waiting for an answer, by key (calls.go); nil when none
+
 	end        closeInfo
 	ended      bool // end is set: the first reason wins
 	discard    bool // input is no longer read (after a protocol error)
@@ -380,7 +382,10 @@ func (c *conn) readFrames(data []byte) {
 			if m.Compressed > 0 {
 				c.s.m.CompressedInMessage(m.Compressed)
 			}
-			if !c.dropData {
+			switch {
+			case len(c.calls) > 0 && c.callAnswered(m.Op == ws.OpBinary, m.Payload):
+				// A Call's answer (calls.go): for the caller, not the API.
+			case !c.dropData:
 				c.enqueue(m.Op, m.Payload)
 			}
 		case ws.OpPing:
@@ -477,6 +482,7 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	c.state = stClosed
 	c.in = nil
 	c.retireOut()
+	c.wakeCallsLocked()
 	if c.get != nil { // also after a refusal while the API decided
 		c.abandonLocked()
 	}

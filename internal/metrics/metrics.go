@@ -48,6 +48,17 @@ var closeCauses = []string{
 }
 
 // Message sources, the label values of ws2api_messages_out_total.
+// Outcomes of a synchronous call to a client (ws2api_calls_total).
+const (
+	CallAnswered     = "answered"      // the client answered in time
+	CallTimeout      = "timeout"       // it did not
+	CallGone         = "gone"          // it disconnected while the call waited
+	CallNotConnected = "not_connected" // no such client here
+	CallConflict     = "conflict"      // a call with the same id was already waiting
+)
+
+var callOutcomes = []string{CallAnswered, CallTimeout, CallGone, CallNotConnected, CallConflict}
+
 const (
 	SourceReply     = "reply"
 	SourcePush      = "push"
@@ -84,6 +95,7 @@ type Metrics struct {
 	Pushes                                *vm.Counter
 	PushesNotFound                        *vm.Counter
 	Broadcasts                            *vm.Counter
+	Calls                                 map[string]*vm.Counter             // synchronous calls to clients, by outcome
 	Closes                                map[string]*vm.Counter             // by cause
 	ControlDropped                        *vm.Counter                        // pings and pongs past a client's rate, not acted on
 	Rejected                              map[int]*vm.Counter                // handshakes answered with an error, by status
@@ -127,6 +139,11 @@ func New() *Metrics {
 	m.Pushes = m.counter("ws2api_pushes_total", "Messages pushed to one client through the control API.")
 	m.PushesNotFound = m.counter("ws2api_pushes_not_found_total", "Pushes to an id that is not connected.")
 	m.Broadcasts = m.counter("ws2api_broadcasts_total", "Broadcasts through the control API.")
+	m.declare("ws2api_calls_total", "counter", "Synchronous calls to a client through the control API (POST /<id>?await=), by outcome.")
+	m.Calls = map[string]*vm.Counter{}
+	for _, o := range callOutcomes {
+		m.Calls[o] = m.set.NewCounter(fmt.Sprintf(`ws2api_calls_total{outcome=%q}`, o))
+	}
 
 	m.declare("ws2api_closes_total", "counter", "Client connections closed, by cause.")
 	m.Closes = map[string]*vm.Counter{}
@@ -183,6 +200,13 @@ func (m *Metrics) Finished(method string, d time.Duration, delivered bool) {
 	}
 	if h := m.latency[method]; h != nil {
 		h.Update(d.Seconds())
+	}
+}
+
+// Call counts one synchronous call to a client, by outcome.
+func (m *Metrics) Call(outcome string) {
+	if c := m.Calls[outcome]; c != nil {
+		c.Inc()
 	}
 }
 

@@ -1,0 +1,242 @@
+package gateway
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"strings"
+	"time"
+
+	"github.com/ws2api/ws2api/internal/metrics"
+)
+
+// A synchronous call (the control API's POST /<id>?await=): the API sends
+// a client a request and gets the client's answer to it in the same HTTP
+// exchange, instead of as a later POST of its own.
+//
+//	Call        registers a waiter under the request's key, pushes it
+//	readFrames  a message whose key has a waiter is its answer (callAnswered):
+//	            it goes to the waiter, not to the API
+//	OnClose     wakes every waiter of the connection: the client is gone
+//
+// A key is the OCPP-J unique id of a CALL [2,"<uid>",...], answered by a
+// CALLRESULT [3,"<uid>",...] or CALLERROR [4,"<uid>",...], or the id of a
+// JSON-RPC 2.0 request, answered by the response with that id. What a
+// message is is told by its shape, whatever the subprotocol.
+
+// Errors of Call.
+var (
+	ErrNotACall    = errors.New("not a call")
+	ErrCallTimeout = errors.New("the client did not answer in time")
+	ErrClientGone  = errors.New("the client disconnected before answering")
+	ErrCallPending = errors.New("a call with this id is already waiting for its answer")
+)
+
+// Answer is a client's answer to a Call.
+type Answer struct {
+	Binary bool
+	Data   []byte
+}
+
+// callReply is what wakes a waiting Call: an answer, or gone.
+type callReply struct {
+	answer Answer
+	gone   bool
+}
+
+// Call sends data to the client holding id and waits up to timeout for its
+// answer. data must be an OCPP-J CALL or a JSON-RPC 2.0 request with an id
+// (ErrNotACall otherwise). The answer is not forwarded to the API; one
+// that comes after the timeout is, as an ordinary message.
+func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration) (Answer, error) {
+	key, err := CallKey(data)
+	if err != nil {
+		return Answer{}, err
+	}
+	c := s.reg.get(id)
+	if c == nil {
+		s.m.Call(metrics.CallNotConnected)
+		return Answer{}, ErrNotConnected
+	}
+	wake := make(chan callReply, 1)
+	c.mu.Lock()
+	switch {
+	case c.state != stOpen:
+		c.mu.Unlock()
+		s.m.Call(metrics.CallNotConnected)
+		return Answer{}, ErrNotConnected
+	case c.calls[key] != nil:
+		c.mu.Unlock()
+		s.m.Call(metrics.CallConflict)
+		return Answer{}, ErrCallPending
+	}
+	if c.calls == nil {
+		c.calls = map[string]chan<- callReply{}
+	}
+	c.calls[key] = wake
+	err = c.writeDataLocked(opcode(binary), data, metrics.SourcePush)
+	if err != nil {
+		delete(c.calls, key)
+	}
+	c.mu.Unlock()
+	if err != nil {
+		s.m.Call(metrics.CallNotConnected)
+		return Answer{}, err
+	}
+	s.m.Pushes.Inc()
+
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case r := <-wake:
+		return s.called(r)
+	case <-timer.C:
+	}
+	c.mu.Lock()
+	if c.calls[key] == wake {
+		delete(c.calls, key)
+	}
+	c.mu.Unlock()
+	select {
+	case r := <-wake: // it came as the timer fired
+		return s.called(r)
+	default:
+		s.m.Call(metrics.CallTimeout)
+		return Answer{}, ErrCallTimeout
+	}
+}
+
+func (s *Server) called(r callReply) (Answer, error) {
+	if r.gone {
+		s.m.Call(metrics.CallGone)
+		return Answer{}, ErrClientGone
+	}
+	s.m.Call(metrics.CallAnswered)
+	return r.answer, nil
+}
+
+// callAnswered hands a message from the client to the Call waiting for it, and
+// reports whether there was one. c.mu is held.
+func (c *conn) callAnswered(binary bool, payload []byte) bool {
+	key := answerKey(payload)
+	if key == "" {
+		return false
+	}
+	wake := c.calls[key]
+	if wake == nil {
+		return false
+	}
+	delete(c.calls, key)
+	c.s.m.MessagesIn.Inc()
+	c.s.m.BytesIn.Add(len(payload))
+	c.msgsIn.Add(1)
+	c.lastActive.Store(time.Now().UnixNano())
+	wake <- callReply{answer: Answer{Binary: binary, Data: append([]byte(nil), payload...)}}
+	return true
+}
+
+// wakeCallsLocked tells every waiting Call that the client is gone.
+func (c *conn) wakeCallsLocked() {
+	for key, wake := range c.calls {
+		wake <- callReply{gone: true}
+		delete(c.calls, key)
+	}
+	c.calls = nil
+}
+
+// CallKey returns the key a call's answer is matched by, or an error that
+// says why body is not a call.
+func CallKey(body []byte) (string, error) {
+	b := bytes.TrimSpace(body)
+	switch {
+	case len(b) > 0 && b[0] == '[':
+		var call []json.RawMessage
+		if err := json.Unmarshal(b, &call); err != nil {
+			return "", notACall("not JSON: " + err.Error())
+		}
+		if len(call) != 4 || string(call[0]) != "2" {
+			return "", notACall(`an OCPP-J CALL is [2,"<unique id>","<action>",{payload}]`)
+		}
+		uid, ok := jsonString(call[1])
+		if !ok || uid == "" {
+			return "", notACall("the CALL's unique id must be a non-empty string")
+		}
+		return ocppKey(uid), nil
+	case len(b) > 0 && b[0] == '{':
+		var req struct {
+			JSONRPC string          `json:"jsonrpc"`
+			Method  *string         `json:"method"`
+			ID      json.RawMessage `json:"id"`
+		}
+		if err := json.Unmarshal(b, &req); err != nil {
+			return "", notACall("not JSON: " + err.Error())
+		}
+		key, ok := rpcKey(req.ID)
+		if req.JSONRPC != "2.0" || req.Method == nil || !ok {
+			return "", notACall(`a JSON-RPC 2.0 request is {"jsonrpc":"2.0","method":"...","id":<string or number>}`)
+		}
+		return key, nil
+	}
+	return "", notACall("send an OCPP-J CALL or a JSON-RPC 2.0 request with an id")
+}
+
+func notACall(why string) error { return &callError{why} }
+
+type callError struct{ why string }
+
+func (e *callError) Error() string        { return "not a call: " + e.why }
+func (e *callError) Is(target error) bool { return target == ErrNotACall }
+
+// answerKey returns the key of an answer to a call (an OCPP-J CALLRESULT
+// or CALLERROR, a JSON-RPC response), or "" for any other message. It
+// runs only on a connection with a call waiting.
+func answerKey(msg []byte) string {
+	b := bytes.TrimSpace(msg)
+	switch {
+	case len(b) > 0 && b[0] == '[':
+		var answer []json.RawMessage
+		if json.Unmarshal(b, &answer) != nil || len(answer) < 3 {
+			return ""
+		}
+		if t := string(answer[0]); t != "3" && t != "4" {
+			return ""
+		}
+		if uid, ok := jsonString(answer[1]); ok {
+			return ocppKey(uid)
+		}
+	case len(b) > 0 && b[0] == '{':
+		var resp struct {
+			Method *string         `json:"method"`
+			ID     json.RawMessage `json:"id"`
+		}
+		if json.Unmarshal(b, &resp) != nil || resp.Method != nil {
+			return ""
+		}
+		if key, ok := rpcKey(resp.ID); ok {
+			return key
+		}
+	}
+	return ""
+}
+
+func ocppKey(uid string) string { return "o:" + uid }
+
+// rpcKey keys a JSON-RPC id: a string, or a number as written.
+func rpcKey(id json.RawMessage) (string, bool) {
+	if s, ok := jsonString(id); ok {
+		return "s:" + s, true
+	}
+	var n json.Number
+	if len(id) > 0 && id[0] != '"' && json.Unmarshal(id, &n) == nil && n != "" {
+		return "n:" + strings.TrimSpace(n.String()), true
+	}
+	return "", false
+}
+
+func jsonString(raw json.RawMessage) (string, bool) {
+	var s string
+	if len(raw) == 0 || raw[0] != '"' || json.Unmarshal(raw, &s) != nil {
+		return "", false
+	}
+	return s, true
+}
