@@ -215,6 +215,66 @@ func TestCluster(t *testing.T) {
 		}
 	})
 
+	t.Run("a call to a client on another node returns its answer", func(t *testing.T) {
+		id := "haproxy-0"
+		c, at := clients[id], byName[holder(id)]
+		// One call through each of the other nodes at once, answered in
+		// reverse order.
+		type reply struct {
+			via          string
+			status       int
+			body, wanted string
+		}
+		replies := make(chan reply, len(nodes))
+		calls := 0
+		for _, n := range nodes {
+			if n == at {
+				continue
+			}
+			calls++
+			go func() {
+				uid := "call-via-" + n.node
+				status, body := post(t, n.control+"/"+id+"?await=5s", `[2,"`+uid+`","Reset",{"type":"Soft"}]`)
+				replies <- reply{n.node, status, body, `[3,"` + uid + `",{"status":"Accepted"}]`}
+			}()
+		}
+		var got []string
+		for range calls {
+			c.mu.Lock()
+			msgs := c.msgs
+			c.mu.Unlock()
+			select {
+			case m := <-msgs:
+				got = append(got, m)
+			case <-time.After(5 * time.Second):
+				t.Fatalf("%s received %d of %d calls", id, len(got), calls)
+			}
+		}
+		for i := len(got) - 1; i >= 0; i-- {
+			uid := strings.Split(got[i], `"`)[1]
+			c.mu.Lock()
+			err := c.conn.WriteMessage(websocket.TextMessage, []byte(`[3,"`+uid+`",{"status":"Accepted"}]`))
+			c.mu.Unlock()
+			if err != nil {
+				t.Fatal(err)
+			}
+		}
+		for range calls {
+			r := <-replies
+			if r.status != 200 || r.body != r.wanted {
+				t.Errorf("call to %s (held by %s) through %s: %d %q, want 200 %q", id, at.node, r.via, r.status, r.body, r.wanted)
+			}
+		}
+		for _, call := range api.CallsFor(id) {
+			if strings.Contains(call.Body, "call-via-") {
+				t.Errorf("a call's answer reached the API too: %q", call.Body)
+			}
+		}
+		if status, body := post(t, nodes[0].control+"/nobody-here?await=1s", `[2,"x","Reset",{}]`); status != 404 {
+			t.Errorf("a call to an id connected nowhere: %d %s", status, body)
+		}
+	})
+
 	t.Run("a broadcast reaches every client once", func(t *testing.T) {
 		// A person watching the broadcast channel with redis-cli is one
 		// more subscriber, and no node: it must not be waited for.
