@@ -714,6 +714,10 @@ type balancer struct {
 	name    string
 	public  string // host:port, wss
 	control string // http://host:port
+	// HAProxy's frontend for clients with certificates (wss, mutual TLS),
+	// and the CA it verifies them against.
+	mtls     string
+	clientCA *testkit.CA
 }
 
 // render reads a deploy/ config and makes the given replacements, each of
@@ -750,9 +754,15 @@ func startHAProxy(t *testing.T, dir string, cert *testkit.Cert, nodes []*proc) *
 	if err := os.WriteFile(pem, append(append([]byte{}, cert.CertPEM...), cert.KeyPEM...), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	public, control := freeAddr(t), freeAddr(t)
+	// Its mutual-TLS frontend verifies client certificates from a CA of
+	// the balancer's own.
+	ca := testkit.NewCA(t, "chargers")
+	caFile := filepath.Join(dir, "clients-ca.pem")
+	writeFile(t, caFile, ca.CertPEM)
+	public, control, mtls := freeAddr(t), freeAddr(t), freeAddr(t)
 	replace := [][2]string{
 		{"bind :443 ssl crt /etc/haproxy/certs/ws2api.pem", "bind " + public + " ssl crt " + pem},
+		{"bind :8443 ssl crt /etc/haproxy/certs/ws2api.pem ca-file /etc/haproxy/certs/clients-ca.pem", "bind " + mtls + " ssl crt " + pem + " ca-file " + caFile},
 		{"bind 10.0.0.10:7002", "bind " + control},
 		// The test process may hold 20,000 files at most.
 		{"maxconn 500000", "maxconn 4000"},
@@ -775,7 +785,7 @@ func startHAProxy(t *testing.T, dir string, cert *testkit.Cert, nodes []*proc) *
 	d.cleanup(t)
 	d.start(t)
 	waitUp(t, "http://"+control+"/healthz")
-	return &balancer{name: "haproxy", public: public, control: "http://" + control}
+	return &balancer{name: "haproxy", public: public, control: "http://" + control, mtls: mtls, clientCA: ca}
 }
 
 func startNginx(t *testing.T, dir string, cert *testkit.Cert, nodes []*proc) *balancer {

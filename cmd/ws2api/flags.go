@@ -56,6 +56,8 @@ type config struct {
 	controlToken  string
 	controlHosts  string
 	tlsCert       string
+	tlsClientCA   string
+	tlsClientAuth string
 	tlsKey        string
 	origins       string
 	maxConns      int
@@ -91,7 +93,7 @@ var flagGroups = []struct {
 	names []string
 }{
 	{"Listeners", []string{"listen", "control", "api", "api-file"}},
-	{"Security", []string{"control-token", "control-hosts", "tls-cert", "tls-key", "origins"}},
+	{"Security", []string{"control-token", "control-hosts", "tls-cert", "tls-key", "tls-client-ca", "tls-client-auth", "origins"}},
 	{"Cluster", []string{"redis", "cluster-prefix", "relay-timeout"}},
 	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers", "trusted-proxies", "pipeline"}},
 	{"Limits", []string{"max-conns", "max-connecting", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-outgoing-total", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
@@ -135,6 +137,8 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.controlHosts, "control-hosts", "", "without -control-token, the control listener answers only requests whose Host is localhost or an IP address, against DNS rebinding; more host `names` it answers to, comma-separated (421 otherwise)")
 	fs.StringVar(&cfg.tlsCert, "tls-cert", "", "serve wss on -listen with this PEM certificate chain `file` (with -tls-key); SIGHUP reloads both")
 	fs.StringVar(&cfg.tlsKey, "tls-key", "", "PEM private key `file` for -tls-cert")
+	fs.StringVar(&cfg.tlsClientCA, "tls-client-ca", "", "ask TLS clients for a certificate, verified against this PEM bundle of CA certificates (`file`; SIGHUP reloads it): the connect GET carries it as Client-Cert and Client-Cert-Chain (RFC 9440). OCPP security profile 3")
+	fs.StringVar(&cfg.tlsClientAuth, "tls-client-auth", "require", "with -tls-client-ca: `require` a valid client certificate (refused at the handshake without), or accept clients without one (optional; one sent must be valid)")
 	fs.StringVar(&cfg.origins, "origins", "", "browser origins allowed to connect, comma-separated `list` (https://app.example.com, https://*.example.com, null); another Origin is refused with 403; clients sending none are not affected")
 	fs.IntVar(&cfg.maxConns, "max-conns", 0, "most clients connected at once; an upgrade past it is answered 503 (0: the open-file limit less 1024)")
 	fs.IntVar(&cfg.maxConnecting, "max-connecting", 4096, "most upgrades waiting for the API's answer to their connect GET; one past it is answered 503 with Retry-After")
@@ -280,6 +284,12 @@ func (c *config) check() error {
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return bad("tls-cert", "-tls-cert and -tls-key go together")
+	}
+	if c.tlsClientCA != "" && c.tlsCert == "" {
+		return bad("tls-client-ca", "needs -tls-cert: ws2api verifies client certificates only where it terminates TLS (behind a proxy, the proxy does, see deploy/haproxy.cfg)")
+	}
+	if c.tlsClientAuth != "require" && c.tlsClientAuth != "optional" {
+		return bad("tls-client-auth", "require or optional")
 	}
 	if strings.ContainsAny(c.controlToken, " \t\r\n") {
 		return bad("control-token", "must not contain spaces or line breaks")

@@ -175,13 +175,17 @@ func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
 	var cert *certificate
 	var tlsConfig *tls.Config
 	if cfg.tlsCert != "" {
-		cert = &certificate{certFile: cfg.tlsCert, keyFile: cfg.tlsKey}
+		cert = &certificate{certFile: cfg.tlsCert, keyFile: cfg.tlsKey, caFile: cfg.tlsClientCA, clientAuth: tls.RequireAndVerifyClientCert}
+		if cfg.tlsClientAuth == "optional" {
+			cert.clientAuth = tls.VerifyClientCertIfGiven
+		}
 		leaf, err := cert.load()
 		if err != nil {
 			return err
 		}
 		tlsConfig = cert.serverConfig()
-		log.Info("TLS on the public listener", "subject", leaf.Subject.String(), "expires", leaf.NotAfter.UTC().Format(time.RFC3339))
+		log.Info("TLS on the public listener", "subject", leaf.Subject.String(), "expires", leaf.NotAfter.UTC().Format(time.RFC3339),
+			"client_certificates", clientCertMode(cfg))
 	}
 
 	publicLn, err := net.Listen("tcp", cfg.listen)
@@ -343,6 +347,14 @@ func probeBackends(bases []string, log *slog.Logger) *sync.WaitGroup {
 		})
 	}
 	return &wg
+}
+
+// clientCertMode says how TLS clients are asked for a certificate.
+func clientCertMode(cfg *config) string {
+	if cfg.tlsClientCA == "" {
+		return "not asked for"
+	}
+	return cfg.tlsClientAuth + ", verified against " + cfg.tlsClientCA
 }
 
 // reload re-reads -api-file and the TLS certificate on SIGHUP; what fails

@@ -215,6 +215,8 @@ func TestBadFlagValuesStopStartupWithOneLineAndExit2(t *testing.T) {
 		{[]string{"-no-such-flag"}, nil, "no-such-flag"},
 		{nil, []string{"WS2API_DRAIN_TIMEOUT=later"}, "WS2API_DRAIN_TIMEOUT"},
 		{[]string{"-tls-cert", "cert.pem"}, nil, "-tls-cert"},
+		{[]string{"-tls-client-ca", "ca.pem"}, nil, "-tls-client-ca: needs -tls-cert"},
+		{[]string{"-tls-client-auth", "maybe"}, nil, "-tls-client-auth"},
 		{[]string{"-origins", "example.com"}, nil, "-origins"},
 		{[]string{"-max-msg-rate", "-1"}, nil, "-max-msg-rate"},
 		{[]string{"-ping-timeout", "0s"}, nil, "-ping-timeout"},

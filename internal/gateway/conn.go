@@ -173,7 +173,7 @@ func (c *conn) readHead(data []byte) {
 		c.rejectLocked(page) // answered, then closed
 		return
 	}
-	hs, rej := s.parseUpgrade(c.in[:n], c.connID, hostOf(c.remoteAddr))
+	hs, rej := s.parseUpgrade(c.in[:n], c.connID, hostOf(c.remoteAddr), peerCerts(c.sock))
 	if rej != nil {
 		c.rejectLocked(rej)
 		return

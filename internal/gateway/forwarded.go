@@ -1,6 +1,8 @@
 package gateway
 
 import (
+	"crypto/x509"
+	"encoding/base64"
 	"fmt"
 	"net/netip"
 	"strings"
@@ -10,9 +12,11 @@ import (
 )
 
 // What the connect GET says of the client: the headers the client sent that
-// Options.ForwardHeaders names, and the X-Forwarded-* trio, which ws2api
+// Options.ForwardHeaders names, the X-Forwarded-* trio, which ws2api
 // writes itself unless the client's peer is a proxy it trusts
-// (Options.TrustedProxies).
+// (Options.TrustedProxies), and the client's certificate (RFC 9440's
+// Client-Cert and Client-Cert-Chain), which ws2api sets when it verified
+// one itself, passes on from a trusted proxy, and drops from anyone else.
 
 // CheckForwardHeader reports why a header may not be one of
 // Options.ForwardHeaders (-forward-headers), or nil. A forwarded header is
@@ -54,7 +58,7 @@ func forwardHeaders(names []string) ([]string, error) {
 			return nil, fmt.Errorf("gateway: forwarded header %w", err)
 		}
 		switch h = http1.CanonicalName(h); h {
-		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host":
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", HeaderClientCert, HeaderClientCertChain:
 			continue
 		}
 		out = append(out, h)
@@ -118,8 +122,11 @@ func (s *Server) trusts(remoteIP string) bool {
 // could claim any address, host or scheme: ws2api drops what it sent and
 // says what it knows itself, the peer's address, the Host header, and
 // https when it terminates TLS (always, even behind a trusted proxy).
-func (s *Server) identity(h *http1.RequestHead, connID, remoteIP string) []upstream.Header {
-	out := make([]upstream.Header, 0, 4+len(s.opts.ForwardHeaders))
+//
+// certs are the certificates of a TLS client that ws2api verified itself,
+// the leaf first; nil for any other client.
+func (s *Server) identity(h *http1.RequestHead, connID, remoteIP string, certs []*x509.Certificate) []upstream.Header {
+	out := make([]upstream.Header, 0, 6+len(s.opts.ForwardHeaders))
 	out = append(out, upstream.Header{Name: HeaderConnectionID, Value: connID})
 	xff, proto, host := remoteIP, "http", h.Get("Host")
 	if h.Authority != "" {
@@ -128,7 +135,8 @@ func (s *Server) identity(h *http1.RequestHead, connID, remoteIP string) []upstr
 	if s.opts.TLS != nil {
 		proto = "https"
 	}
-	if s.trusts(remoteIP) {
+	trusted := s.trusts(remoteIP)
+	if trusted {
 		if prior := strings.Join(h.Values("X-Forwarded-For"), ", "); prior != "" {
 			xff = prior + ", " + remoteIP
 		}
@@ -148,5 +156,58 @@ func (s *Server) identity(h *http1.RequestHead, connID, remoteIP string) []upstr
 			out = append(out, upstream.Header{Name: name, Value: v})
 		}
 	}
+	return appendClientCert(out, h, certs, trusted)
+}
+
+// RFC 9440's headers: the client's certificate, and the chain it sent
+// after it, as structured-field byte sequences (":<base64 DER>:").
+const (
+	HeaderClientCert      = "Client-Cert"
+	HeaderClientCertChain = "Client-Cert-Chain"
+)
+
+// appendClientCert adds the client's certificate headers: those of the
+// certificate ws2api verified, else a trusted proxy's (one value each,
+// well formed), else none: anyone else could claim any certificate.
+func appendClientCert(out []upstream.Header, h *http1.RequestHead, certs []*x509.Certificate, trusted bool) []upstream.Header {
+	switch {
+	case len(certs) > 0:
+		out = append(out, upstream.Header{Name: HeaderClientCert, Value: sfBinary(certs[0].Raw)})
+		if len(certs) > 1 {
+			chain := make([]string, len(certs)-1)
+			for i, c := range certs[1:] {
+				chain[i] = sfBinary(c.Raw)
+			}
+			out = append(out, upstream.Header{Name: HeaderClientCertChain, Value: strings.Join(chain, ", ")})
+		}
+	case trusted:
+		if v := h.Values(HeaderClientCert); len(v) == 1 && isSFBinary(v[0]) {
+			out = append(out, upstream.Header{Name: HeaderClientCert, Value: v[0]})
+			if v := h.Values(HeaderClientCertChain); len(v) == 1 && isSFBinaryList(v[0]) {
+				out = append(out, upstream.Header{Name: HeaderClientCertChain, Value: v[0]})
+			}
+		}
+	}
 	return out
+}
+
+func sfBinary(der []byte) string { return ":" + base64.StdEncoding.EncodeToString(der) + ":" }
+
+// isSFBinary reports whether v is one structured-field byte sequence.
+func isSFBinary(v string) bool {
+	v = strings.TrimSpace(v)
+	if len(v) < 2 || v[0] != ':' || v[len(v)-1] != ':' {
+		return false
+	}
+	_, err := base64.StdEncoding.DecodeString(v[1 : len(v)-1])
+	return err == nil
+}
+
+func isSFBinaryList(v string) bool {
+	for item := range strings.SplitSeq(v, ",") {
+		if !isSFBinary(item) {
+			return false
+		}
+	}
+	return true
 }

@@ -2,6 +2,7 @@ package gateway
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"net"
 	"os"
@@ -64,6 +65,20 @@ func (s *Server) serveTLS(raw net.Conn) {
 		return
 	}
 	go t.readLoop(c)
+}
+
+// peerCerts returns the certificates a TLS client sent, the leaf first, if
+// ws2api verified them (Options.TLS asks for client certificates); nil
+// for any other socket.
+func peerCerts(s socket) []*x509.Certificate {
+	t, ok := s.(*tlsSocket)
+	if !ok {
+		return nil
+	}
+	if st := t.tc.ConnectionState(); len(st.VerifiedChains) > 0 {
+		return st.PeerCertificates
+	}
+	return nil
 }
 
 // tlsReadBuffer is the reading goroutine's buffer: crypto/tls holds a

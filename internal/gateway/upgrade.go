@@ -1,6 +1,7 @@
 package gateway
 
 import (
+	"crypto/x509"
 	"net/http"
 	"strconv"
 	"strings"
@@ -53,7 +54,7 @@ func badRequest(text string) *reject { return &reject{status: http.StatusBadRequ
 
 // parseUpgrade checks that head is a WebSocket upgrade for a valid id and
 // prepares the connect GET. connID and remoteIP are the connection's.
-func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *reject) {
+func (s *Server) parseUpgrade(b []byte, connID, remoteIP string, certs []*x509.Certificate) (*handshake, *reject) {
 	h, err := http1.ParseRequestHead(b)
 	if err != nil {
 		return nil, badRequest(err.Error())
@@ -104,7 +105,7 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string) (*handshake, *r
 		}
 	}
 	hs.deflate = s.opts.Compression && ws.AcceptDeflate(h.Values("Sec-Websocket-Extensions"))
-	hs.header = s.identity(h, connID, remoteIP)
+	hs.header = s.identity(h, connID, remoteIP, certs)
 	return hs, nil
 }
 

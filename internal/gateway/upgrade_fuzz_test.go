@@ -26,6 +26,7 @@ func FuzzParseUpgrade(f *testing.F) {
 	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "Content-Length: 4\r\nTransfer-Encoding: chunked\r\n", 1)))
 	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "Sec-WebSocket-Protocol: a b, c/d\r\nSec-WebSocket-Key: AQIDBAUGBwgJCgsMDQ4PEA==\r\n", 1)))
 	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "X-Forwarded-Proto: gopher\r\nX-Forwarded-Host: evil\r\n", 1)))
+	f.Add([]byte(strings.Replace(fuzzHead, "Cookie: a=b\r\n", "Client-Cert: :AQID:\r\nClient-Cert-Chain: :BAU=:, :x:\r\n", 1)))
 	s := &Server{}
 	s.opts.ForwardHeaders = append(DefaultForwardHeaders, "X-Custom")
 	var err error
@@ -46,7 +47,7 @@ func FuzzParseUpgrade(f *testing.F) {
 		if n > len(b) {
 			t.Fatalf("head end %d beyond %d bytes", n, len(b))
 		}
-		hs, rej := s.parseUpgrade(b[:n], "conn-1", "192.0.2.1")
+		hs, rej := s.parseUpgrade(b[:n], "conn-1", "192.0.2.1", nil)
 		if rej != nil {
 			if rej.status != 400 && rej.status != 403 || rej.text == "" {
 				t.Fatalf("reject %+v", rej)
@@ -93,8 +94,18 @@ func FuzzParseUpgrade(f *testing.F) {
 		checkForwarded(t, hs, func(name, v string) bool {
 			return name == "X-Forwarded-For" && v == "192.0.2.1" || name == "X-Forwarded-Proto" && v == "http" || name == "X-Forwarded-Host"
 		})
-		if hs, rej = behind.parseUpgrade(b[:n], "conn-1", "192.0.2.1"); rej != nil {
+		for _, h := range hs.header {
+			if h.Name == HeaderClientCert || h.Name == HeaderClientCertChain {
+				t.Fatalf("a client's own %s reached the API: %q", h.Name, h.Value)
+			}
+		}
+		if hs, rej = behind.parseUpgrade(b[:n], "conn-1", "192.0.2.1", nil); rej != nil {
 			t.Fatalf("refused behind a proxy, accepted before: %+v", rej)
+		}
+		for _, h := range hs.header {
+			if h.Name == HeaderClientCert && !isSFBinary(h.Value) || h.Name == HeaderClientCertChain && !isSFBinaryList(h.Value) {
+				t.Fatalf("a proxy's malformed %s reached the API: %q", h.Name, h.Value)
+			}
 		}
 		checkForwarded(t, hs, func(name, v string) bool {
 			return name == "X-Forwarded-For" && strings.HasSuffix(v, "192.0.2.1") ||
