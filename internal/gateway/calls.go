@@ -76,7 +76,7 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 	c.calls[key] = wake
 	err = c.writeDataLocked(opcode(binary), data, metrics.SourcePush)
 	if err != nil {
-		delete(c.calls, key)
+		c.forgetCallLocked(key)
 	}
 	c.mu.Unlock()
 	if err != nil {
@@ -94,7 +94,7 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 	}
 	c.mu.Lock()
 	if c.calls[key] == wake {
-		delete(c.calls, key)
+		c.forgetCallLocked(key)
 	}
 	c.mu.Unlock()
 	select {
@@ -126,7 +126,7 @@ func (c *conn) callAnswered(binary bool, payload []byte) bool {
 	if wake == nil {
 		return false
 	}
-	delete(c.calls, key)
+	c.forgetCallLocked(key)
 	c.s.m.MessagesIn.Inc()
 	c.s.m.BytesIn.Add(len(payload))
 	c.msgsIn.Add(1)
@@ -135,11 +135,19 @@ func (c *conn) callAnswered(binary bool, payload []byte) bool {
 	return true
 }
 
+// forgetCallLocked removes a call's waiter; the map goes with the last
+// one, so that a connection called once keeps no memory for it.
+func (c *conn) forgetCallLocked(key string) {
+	delete(c.calls, key)
+	if len(c.calls) == 0 {
+		c.calls = nil
+	}
+}
+
 // wakeCallsLocked tells every waiting Call that the client is gone.
 func (c *conn) wakeCallsLocked() {
-	for key, wake := range c.calls {
+	for _, wake := range c.calls {
 		wake <- callReply{gone: true}
-		delete(c.calls, key)
 	}
 	c.calls = nil
 }
