@@ -146,7 +146,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.DurationVar(&cfg.idleTimeout, "idle-timeout", 0, "close a client with 1001 after this long without a message either way; pings do not count (0: never)")
 	fs.DurationVar(&cfg.pingInterval, "ping-interval", 30*time.Second, "ping a client silent for this long (0: never ping); the API can set it per client with X-Ws2api-Ping-Interval in its connect answer")
 	fs.DurationVar(&cfg.pingTimeout, "ping-timeout", 20*time.Second, "a pinged client that then sends nothing for this long is dead: closed, DELETE with 1006")
-	fs.StringVar(&cfg.redis, "redis", "", "join the cluster whose bus is this Redis `URL` (redis://[:password@]host:port/db, rediss:// for TLS): control requests reach clients on any node, broadcasts every node")
+	fs.StringVar(&cfg.redis, "redis", "", "join the cluster whose bus is this Redis `URL` (redis://[:password@]host:port/db, rediss:// for TLS; under Sentinel redis-sentinel://[:password@]host:port,host:port/<master>): control requests reach clients on any node, broadcasts every node")
 	fs.StringVar(&cfg.clusterPrefix, "cluster-prefix", "ws2api:", "`prefix` of every Redis key and channel the cluster uses (clusters sharing one Redis need different ones)")
 	fs.DurationVar(&cfg.relayTimeout, "relay-timeout", 2*time.Second, "time a control request relayed to another node has to be answered")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "at shutdown, time to deliver pending messages and DELETEs before exiting")

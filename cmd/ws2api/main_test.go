@@ -206,6 +206,7 @@ func TestBadFlagValuesStopStartupWithOneLineAndExit2(t *testing.T) {
 		{[]string{"-forward-headers", "Cookie, Host"}, nil, "-forward-headers: Host"},
 		{[]string{"-forward-headers", "Connection"}, nil, "-forward-headers: Connection"},
 		{[]string{"-forward-headers", "TE"}, nil, "-forward-headers: TE"},
+		{[]string{"-forward-headers", "Cookie,client-cert"}, nil, "-forward-headers: client-cert"},
 		{[]string{"-forward-headers", "Proxy-Authorization"}, nil, "-forward-headers: Proxy-Authorization"},
 		{nil, []string{"WS2API_FORWARD_HEADERS=Keep-Alive"}, "-forward-headers: Keep-Alive"},
 		{[]string{"-forward-headers", "Bad Name"}, nil, "-forward-headers: \"Bad Name\""},

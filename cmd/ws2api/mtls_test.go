@@ -26,8 +26,9 @@ import (
 // certificate.
 func sfCert(t *testing.T, v string) *x509.Certificate {
 	t.Helper()
-	inner, ok := strings.CutPrefix(strings.TrimSpace(v), ":")
-	if inner, ok = strings.CutSuffix(inner, ":"); !ok {
+	inner, okPrefix := strings.CutPrefix(strings.TrimSpace(v), ":")
+	inner, okSuffix := strings.CutSuffix(inner, ":")
+	if !okPrefix || !okSuffix {
 		t.Fatalf("%q is not a structured-field byte sequence", v)
 	}
 	der, err := base64.StdEncoding.DecodeString(inner)

@@ -2,14 +2,19 @@
 // as examples/php: it accepts every client whose id does not start with
 // "banned", answers each message, logs disconnects, and pushes a greeting
 // to a client through ws2api's control listener a second after it
-// connects. It also answers OCPP 1.6-J chargers (subprotocol "ocpp1.6"):
-// a CALL gets its CALLRESULT, and a charger's CALLRESULT to a CALL pushed
-// through the control listener arrives as an ordinary POST and is logged.
+// connects. It also answers OCPP chargers, 1.6-J (subprotocol "ocpp1.6")
+// and 2.0.1 (subprotocol "ocpp2.0.1"): a CALL gets its CALLRESULT, and a
+// charger's CALLRESULT to a CALL pushed through the control listener
+// arrives as an ordinary POST and is logged. Behind ws2api with
+// -tls-client-ca (OCPP security profile 3), it refuses a charger whose
+// client certificate names another identity.
 //
 //	go run ./examples/go -listen :8000 -control http://127.0.0.1:7002
 package main
 
 import (
+	"crypto/x509"
+	"encoding/base64"
 	"encoding/json"
 	"flag"
 	"fmt"
@@ -37,11 +42,18 @@ func main() {
 				fmt.Fprint(w, "you are not welcome here") // any text but "ok" refuses, with that text
 				return
 			}
-			log.Printf("connect %s (connection %s) from %s", id, conn, r.Header.Get("X-Forwarded-For"))
+			cert, err := clientCert(r, id)
+			if err != nil {
+				log.Printf("refused %s: %v", id, err)
+				fmt.Fprint(w, err)
+				return
+			}
+			log.Printf("connect %s (connection %s) from %s%s", id, conn, r.Header.Get("X-Forwarded-For"), cert)
 			// ws2api forwards the protocols the client offered; naming one
-			// selects it. OCPP chargers refuse a socket without it.
-			if slices.Contains(offered(r), "ocpp1.6") {
-				w.Header().Set("Sec-WebSocket-Protocol", "ocpp1.6")
+			// selects it. OCPP chargers refuse a socket without it. The
+			// newer version wins when a charger offers both.
+			if p := ocppVersion(offered(r)); p != "" {
+				w.Header().Set("Sec-WebSocket-Protocol", p)
 			} else {
 				go push(*control, id, "welcome, "+id)
 			}
@@ -72,7 +84,70 @@ func offered(r *http.Request) []string {
 	return out
 }
 
-// ocpp answers one OCPP 1.6-J message from charger id.
+// ocppVersion is the OCPP subprotocol to select of those offered, the
+// newest; "" for a client that is not a charger.
+func ocppVersion(offered []string) string {
+	for _, p := range []string{"ocpp2.0.1", "ocpp1.6"} {
+		if slices.Contains(offered, p) {
+			return p
+		}
+	}
+	return ""
+}
+
+// clientCert reads the certificate ws2api verified for an mTLS client
+// (RFC 9440's Client-Cert header, ":<base64 DER>:"; Client-Cert-Chain
+// holds its intermediates the same way) and checks that its subject's
+// common name is the client's id, as OCPP security profile 3 requires: a
+// charger may only connect as itself. It returns what to log; without the
+// header (no client certificate) nothing.
+func clientCert(r *http.Request, id string) (string, error) {
+	h := r.Header.Get("Client-Cert")
+	if h == "" {
+		return "", nil
+	}
+	cert, err := parseSF(h)
+	if err != nil {
+		return "", fmt.Errorf("bad client certificate: %v", err)
+	}
+	if cert.Subject.CommonName != id {
+		return "", fmt.Errorf("the client certificate is for %q", cert.Subject.CommonName)
+	}
+	var chain []string
+	for _, v := range r.Header.Values("Client-Cert-Chain") {
+		for b := range strings.SplitSeq(v, ",") {
+			c, err := parseSF(b)
+			if err != nil {
+				return "", fmt.Errorf("bad client certificate chain: %v", err)
+			}
+			chain = append(chain, "CN="+c.Subject.CommonName)
+		}
+	}
+	return fmt.Sprintf(" with client certificate CN=%s (chain: %s)", cert.Subject.CommonName, strings.Join(chain, ", ")), nil
+}
+
+// parseSF parses one certificate as RFC 9440 sends it, a structured-field
+// byte sequence: ":" base64 DER ":".
+func parseSF(v string) (*x509.Certificate, error) {
+	v = strings.TrimSpace(v)
+	if len(v) < 2 || v[0] != ':' || v[len(v)-1] != ':' {
+		return nil, fmt.Errorf("not :base64: but %.20q", v)
+	}
+	der, err := base64.StdEncoding.DecodeString(v[1 : len(v)-1])
+	if err != nil {
+		return nil, err
+	}
+	return x509.ParseCertificate(der)
+}
+
+// ocpp answers one OCPP message from charger id. The answers it gives
+// have the same fields in OCPP 1.6 and 2.0.1 (BootNotification:
+// currentTime, interval, status; Heartbeat: currentTime;
+// StatusNotification and MeterValues: none), so one answer is right for
+// both and it need not know the charger's version. (ws2api sends the
+// subprotocol on the connect GET only; an answer that differs by version,
+// Authorize's, would tell the version by its request: idTag in 1.6,
+// idToken in 2.0.1.)
 func ocpp(w http.ResponseWriter, id string, msg []json.RawMessage) {
 	var typ int
 	var uid string

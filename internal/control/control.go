@@ -290,14 +290,15 @@ const maxAwait = 5 * time.Minute
 
 // awaitOf returns the ?await= of a push's query: a duration ("30s") or a
 // number of seconds. ok is false without one; a bad one is returned as
-// is, for call to refuse.
+// is, for call to refuse, and a query that mentions await but cannot be
+// read as "\x00", which no duration is: a call is never taken for a push.
 func awaitOf(rawQuery string) (wait string, ok bool) {
 	if !strings.Contains(rawQuery, "await") {
 		return "", false
 	}
 	q, err := url.ParseQuery(rawQuery)
 	if err != nil {
-		return "", false
+		return "\x00", true
 	}
 	return q.Get("await"), q.Has("await")
 }
@@ -321,6 +322,9 @@ func parseAwait(s string) (time.Duration, bool) {
 func (h *Handler) call(hub clientHub, id, await, contentType string, body []byte) result {
 	wait, ok := parseAwait(await)
 	if !ok {
+		if await == "\x00" {
+			return text(http.StatusBadRequest, "malformed query with ?await=")
+		}
 		return text(http.StatusBadRequest, "bad ?await="+quoteShort(await)+": a duration (30s) or seconds, above 0 and at most "+maxAwait.String())
 	}
 	binary, bad := messageKind(contentType, body)
@@ -408,6 +412,8 @@ func (h *Handler) broadcast(w http.ResponseWriter, r *http.Request) {
 	q := r.URL.Query()
 	group, ids := q.Get("group"), q["id"]
 	switch {
+	case q.Has("await"):
+		text(http.StatusBadRequest, "?await= calls one client: POST /<id>?await=").write(w)
 	case group != "" && len(ids) > 0:
 		text(http.StatusBadRequest, "give ?group= or ?id=, not both").write(w)
 	case group != "":

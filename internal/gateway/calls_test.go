@@ -160,6 +160,8 @@ func TestCallFailures(t *testing.T) {
 		{"/CP3?await=1h", `[2,"x","Reset",{}]`},
 		{"/CP3?await=soon", `[2,"x","Reset",{}]`},
 		{"/CP3?await=", `[2,"x","Reset",{}]`},
+		{"/CP3?await=5s&x=%zz", `[2,"x","Reset",{}]`},
+		{"/?id=CP3&await=5s", `[2,"x","Reset",{}]`},
 	} {
 		if status, body := h.ctl("POST", tc.path, "", tc.body); status != 400 || strings.Count(body, "\n") > 1 || body == "" {
 			t.Errorf("POST %s %s: %d %q, want 400 and a line", tc.path, tc.body, status, body)

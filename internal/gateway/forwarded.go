@@ -42,6 +42,8 @@ func CheckForwardHeader(name string) error {
 		return fmt.Errorf("%s: it frames or routes the request to the API, and cannot be forwarded", name)
 	case "connection", "upgrade", "keep-alive", "te", "trailer":
 		return fmt.Errorf("%s: a hop-by-hop header cannot be forwarded", name)
+	case "client-cert", "client-cert-chain":
+		return fmt.Errorf("%s: ws2api sets it from the certificate it verified, or a trusted proxy's (-tls-client-ca, -trusted-proxies)", name)
 	}
 	return nil
 }
@@ -58,7 +60,7 @@ func forwardHeaders(names []string) ([]string, error) {
 			return nil, fmt.Errorf("gateway: forwarded header %w", err)
 		}
 		switch h = http1.CanonicalName(h); h {
-		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host", HeaderClientCert, HeaderClientCertChain:
+		case "X-Forwarded-For", "X-Forwarded-Proto", "X-Forwarded-Host":
 			continue
 		}
 		out = append(out, h)
