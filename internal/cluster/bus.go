@@ -74,7 +74,8 @@ var (
 // Options configures a [Bus]. URL and Local are required.
 type Options struct {
 	// URL is Redis's: redis://[:password@]host:port/db, or rediss:// for
-	// TLS.
+	// TLS; redis-sentinel://[:password@]host:port,.../<master> for Redis
+	// under Sentinel (url.go).
 	URL   string
 	Local Local
 	// Prefix starts every key and channel, so that clusters can share a
@@ -120,7 +121,7 @@ func New(opts Options) (*Bus, error) {
 	if opts.Local == nil {
 		return nil, errors.New("cluster: Options.Local is required")
 	}
-	ropts, err := rueidis.ParseURL(opts.URL)
+	ropts, err := redisOptions(opts.URL)
 	if err != nil {
 		return nil, fmt.Errorf("cluster: redis url: %v", redactErr(err, opts.URL))
 	}
@@ -140,6 +141,7 @@ func New(opts Options) (*Bus, error) {
 		opts.Metrics = metrics.New()
 	}
 	ropts.Dialer.Timeout = time.Second
+	ropts.Sentinel.Dialer.Timeout = time.Second
 	ropts.ConnWriteTimeout = 3 * time.Second
 	ropts.DisableCache = true
 	// No retries inside rueidis: with them, a subscription whose Redis
@@ -152,6 +154,7 @@ func New(opts Options) (*Bus, error) {
 	// next command to find.
 	ropts.PipelineMultiplex = -1
 	ropts.ClientName = "ws2api-" + opts.Local.Node()
+	ropts.Sentinel.ClientName = ropts.ClientName
 	// New fails when Redis is away; the node must start anyway, so the
 	// client is made lazily, by the connect loop.
 	b := &Bus{
@@ -297,12 +300,15 @@ func (b *Bus) subscribe() {
 		}
 		if b.up.Swap(false) {
 			b.log.Warn("cluster bus down: relays answer 503 until it is back", "error", err)
+			// A fresh outage: try again soon (a failover to a replica
+			// takes seconds), not after the last outage's backoff.
+			backoff = 100 * time.Millisecond
 		}
 		select {
 		case <-b.ctx.Done():
 		case <-time.After(backoff):
 		}
-		backoff = min(2*backoff, 2*time.Second)
+		backoff = min(2*backoff, time.Second)
 	}
 	b.up.Store(false)
 }
@@ -381,7 +387,7 @@ func (b *Bus) doRead(ctx context.Context, cmd func(c rueidis.Client) rueidis.Com
 
 // CheckURL reports whether url is a Redis URL the bus can use.
 func CheckURL(url string) error {
-	if _, err := rueidis.ParseURL(url); err != nil {
+	if _, err := redisOptions(url); err != nil {
 		return errors.New(redactErr(err, url))
 	}
 	return nil

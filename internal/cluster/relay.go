@@ -249,6 +249,15 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	case errors.Is(err, errNobody):
 		b.forget(ctx, id, holder)
 		return envelope{}, gateway.ErrNotConnected
+	case errors.Is(err, ErrTimeout) && !b.live(node):
+		// A node that lost its power: Redis still holds its subscription
+		// (until TCP keepalive gives up, 300 s by default), but it has
+		// not stamped its heartbeat within liveWindow. Its record is
+		// stale, as if nobody had heard.
+		ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+		defer cancel()
+		b.forget(ctx, id, holder)
+		return envelope{}, gateway.ErrNotConnected
 	case err != nil:
 		return envelope{}, err
 	case a.NotConnected:
@@ -257,6 +266,23 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 		return a, errRefused{a.Err}
 	}
 	return a, nil
+}
+
+// live reports whether node stamped its heartbeat within liveWindow; a
+// node whose liveness cannot be read is taken as live.
+func (b *Bus) live(node string) bool {
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
+	defer cancel()
+	score, err := b.doRead(ctx, func(c rueidis.Client) rueidis.Completed {
+		return c.B().Zscore().Key(b.nodesKey()).Member(node).Build()
+	}).AsFloat64()
+	switch {
+	case rueidis.IsRedisNil(err):
+		return false // not stamped for a minute: swept from nodes
+	case err != nil:
+		return true
+	}
+	return time.Since(time.Unix(int64(score), 0)) <= liveWindow
 }
 
 // errNobody: a request no node heard.
