@@ -26,45 +26,21 @@ type Cert struct {
 // names it (name is how a test tells two certificates apart).
 func NewCert(t testing.TB, name string) *Cert {
 	t.Helper()
-	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
-	if err != nil {
-		t.Fatal(err)
-	}
-	serial, err := rand.Int(rand.Reader, new(big.Int).Lsh(big.NewInt(1), 62))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tmpl := &x509.Certificate{
-		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: name},
-		NotBefore:             time.Now().Add(-time.Minute),
-		NotAfter:              time.Now().Add(time.Hour),
-		KeyUsage:              x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign,
-		ExtKeyUsage:           []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
-		BasicConstraintsValid: true,
-		IsCA:                  true,
-		DNSNames:              []string{"localhost"},
-		IPAddresses:           []net.IP{net.IPv4(127, 0, 0, 1)},
-	}
-	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
-	if err != nil {
-		t.Fatal(err)
-	}
+	cert, certPEM, key := issue(t, name, nil, nil, true, []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth}, func(tmpl *x509.Certificate) {
+		tmpl.DNSNames = []string{"localhost"}
+		tmpl.IPAddresses = []net.IP{net.IPv4(127, 0, 0, 1)}
+	})
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
 	}
 	c := &Cert{
-		CertPEM: pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}),
+		CertPEM: certPEM,
 		KeyPEM:  pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}),
 		Pool:    x509.NewCertPool(),
-		Serial:  serial,
+		Serial:  cert.SerialNumber,
 	}
-	parsed, err := x509.ParseCertificate(der)
-	if err != nil {
-		t.Fatal(err)
-	}
-	c.Pool.AddCert(parsed)
+	c.Pool.AddCert(cert)
 	if c.TLS, err = tls.X509KeyPair(c.CertPEM, c.KeyPEM); err != nil {
 		t.Fatal(err)
 	}
@@ -86,7 +62,7 @@ type CA struct {
 func NewCA(t testing.TB, name string) *CA {
 	t.Helper()
 	ca := &CA{Pool: x509.NewCertPool()}
-	ca.Cert, ca.CertPEM, ca.key = issue(t, name, nil, nil, true, nil)
+	ca.Cert, ca.CertPEM, ca.key = issue(t, name, nil, nil, true, nil, nil)
 	ca.Pool.AddCert(ca.Cert)
 	return ca
 }
@@ -95,7 +71,7 @@ func NewCA(t testing.TB, name string) *CA {
 func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 	t.Helper()
 	sub := &CA{Pool: ca.Pool}
-	sub.Cert, sub.CertPEM, sub.key = issue(t, name, ca.Cert, ca.key, true, nil)
+	sub.Cert, sub.CertPEM, sub.key = issue(t, name, ca.Cert, ca.key, true, nil, nil)
 	sub.Chain = append(append([]byte(nil), sub.CertPEM...), ca.Chain...)
 	return sub
 }
@@ -105,7 +81,7 @@ func (ca *CA) Intermediate(t testing.TB, name string) *CA {
 // intermediates: what a client sends.
 func (ca *CA) Client(t testing.TB, cn string) *Cert {
 	t.Helper()
-	leaf, leafPEM, key := issue(t, cn, ca.Cert, ca.key, false, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth})
+	leaf, leafPEM, key := issue(t, cn, ca.Cert, ca.key, false, []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, nil)
 	keyDER, err := x509.MarshalECPrivateKey(key)
 	if err != nil {
 		t.Fatal(err)
@@ -122,9 +98,10 @@ func (ca *CA) Client(t testing.TB, cn string) *Cert {
 	return c
 }
 
-// issue makes a certificate for name signed by parent (self-signed when
-// parent is nil).
-func issue(t testing.TB, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool, usage []x509.ExtKeyUsage) (*x509.Certificate, []byte, *ecdsa.PrivateKey) {
+// issue makes a certificate for name, valid for an hour, signed by parent
+// (self-signed when parent is nil); more, if not nil, adds to its
+// template.
+func issue(t testing.TB, name string, parent *x509.Certificate, parentKey *ecdsa.PrivateKey, isCA bool, usage []x509.ExtKeyUsage, more func(*x509.Certificate)) (*x509.Certificate, []byte, *ecdsa.PrivateKey) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
@@ -146,6 +123,9 @@ func issue(t testing.TB, name string, parent *x509.Certificate, parentKey *ecdsa
 	}
 	if isCA {
 		tmpl.KeyUsage |= x509.KeyUsageCertSign
+	}
+	if more != nil {
+		more(tmpl)
 	}
 	if parent == nil {
 		parent, parentKey = tmpl, key
