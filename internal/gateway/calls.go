@@ -14,10 +14,12 @@ import (
 // a client a request and gets the client's answer to it in the same HTTP
 // exchange, instead of as a later POST of its own.
 //
-//	Call        registers a waiter under the request's key, pushes it
-//	readFrames  a message whose key has a waiter is its answer (callAnswered):
-//	            it goes to the waiter, not to the API
-//	OnClose     wakes every waiter of the connection: the client is gone
+//	Call              registers a waiter under the request's key, pushes it
+//	readFramesLocked  a message whose key has a waiter is its answer
+//	                  (callAnsweredLocked): it goes to the waiter, not to
+//	                  the API
+//	OnClose           wakes every waiter of the connection: the client is
+//	                  gone
 //
 // A key is the OCPP-J unique id of a CALL [2,"<uid>",...], answered by a
 // CALLRESULT [3,"<uid>",...] or CALLERROR [4,"<uid>",...], or the id of a
@@ -115,9 +117,9 @@ func (s *Server) called(r callReply) (Answer, error) {
 	return r.answer, nil
 }
 
-// callAnswered hands a message from the client to the Call waiting for it, and
+// callAnsweredLocked hands a message from the client to the Call waiting for it, and
 // reports whether there was one. c.mu is held.
-func (c *conn) callAnswered(binary bool, payload []byte) bool {
+func (c *conn) callAnsweredLocked(binary bool, payload []byte) bool {
 	key := answerKey(payload)
 	if key == "" {
 		return false

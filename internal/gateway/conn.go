@@ -44,24 +44,50 @@ var (
 	closeGaveUp      = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later: the API is unavailable", cause: metrics.CauseAPIGaveUp}
 )
 
-// conn is one client connection and its state machine. nbio's event loop
-// calls onData with what the socket delivered; the API's answers arrive on
-// the upstream client's goroutines; the control API calls in from its own.
-// mu orders them all.
+// conn is one client connection and its two state machines: the
+// client's side (state: the socket, the WebSocket protocol) and the API's
+// (api: what the API has been told, what is in flight; forward.go). nbio's
+// event loop calls OnData with what the socket delivered; the API's
+// answers arrive on the upstream client's goroutines; the control API
+// and the keeper call in from their own. mu orders them all.
+//
+// A method whose name ends in Locked is called with mu held; no other
+// method of conn is, and those that need mu take it.
+//
+// Lock order: mu, then any of the registry's and groups' shard locks,
+// s.retryMu, s.shedMu, and nbio's lock of the socket (taken by writes).
+// Nothing takes mu while holding one of those: the registry, the keeper,
+// a shed and RetryNow copy what they need under their own lock, let it
+// go, then lock each connection.
 type conn struct {
+	// Fixed at creation.
 	s          *Server
 	sock       socket // the client's socket: nbio's, or TLS served by goroutines (tls.go)
 	connID     string
 	remoteAddr string
 
-	mu    sync.Mutex
-	state connState
-	in    []byte            // bytes read but not yet used: part of a head or of a frame
-	rd    ws.Reader         // joins fragmented messages
-	hs    *handshake        // while the API decides
-	get   *upstream.Request // the connect GET, while it waits or is in flight
+	mu sync.Mutex
 
-	// Set at upgrade.
+	// The client's side, guarded by mu.
+	state      connState
+	in         []byte            // bytes read but not yet used: part of a head or of a frame
+	rd         ws.Reader         // joins fragmented messages
+	hs         *handshake        // while the API decides
+	get        *upstream.Request // the connect GET, while it waits or is in flight
+	upgraded   bool              // it reached stOpen: the API knows it and hears of its end
+	admitted   bool              // counted in s.admitted (MaxConns)
+	end        closeInfo
+	ended      bool // end is set: the first reason wins
+	discard    bool // input is no longer read (after a protocol error)
+	dropData   bool // data messages are dropped, control frames still read (after a cap)
+	closeTimer *time.Timer
+	rateTAT    int64 // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
+	ctlTAT     int64 // the same for the ping and pong frames answered (keepalive.go)
+	floodTAT   int64 // the same for every ping and pong, at ten times the rate (keepalive.go)
+
+	// Set at upgrade, under mu, before the registry publishes the
+	// connection; read-only after, except groups and apiHeader, which
+	// the control API changes under mu.
 	id          string // canonical (id.go)
 	path        string // id escaped for the API's URLs, once: a message costs no escaping
 	subprotocol string
@@ -69,32 +95,16 @@ type conn struct {
 	groups      []string          // the groups it is in
 	apiHeader   []upstream.Header // X-Ws2api-Connection-Id and meta headers, sent on every POST and DELETE
 	connectedAt time.Time
-	lastActive  atomic.Int64 // unix nanoseconds of the last message either way
-	lastRead    atomic.Int64 // the keeper's clock when a byte last came in (keepalive.go)
-	pingSent    atomic.Int64 // the keeper's clock when it pinged, 0 once answered
 	// pingEvery is the API's ping interval for this client (its connect
 	// answer's X-Ws2api-Ping-Interval): 0 for -ping-interval, negative for
-	// never. Set before the connection is registered, read-only after.
+	// never.
 	pingEvery time.Duration
-	rateTAT   int64        // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
-	ctlTAT    int64        // the same for the ping and pong frames answered (keepalive.go)
-	floodTAT  int64        // the same for every ping and pong, at ten times the rate (keepalive.go)
-	outq      atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
-	shed      atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
-	// backlogSince is when outq last became positive (unix ns): a shed
-	// closes the oldest backlogs first.
-	backlogSince atomic.Int64
-	msgsIn       atomic.Uint64
-	msgsOut      atomic.Uint64
 
-	upgraded bool // it reached stOpen: the API knows it and hears of its end
-	admitted bool // counted in s.admitted (MaxConns)
-
-	// Toward the API: one request in flight, the rest wait in order (see
-	// forward.go).
+	// The API's side, guarded by mu: one request in flight, the rest wait
+	// in order (forward.go).
+	api          apiState // changed by setAPILocked only
 	queue        []message
-	busy         bool    // a POST or the DELETE is in flight, waiting to be retried, or paced
-	sending      message // the message in flight; buf nil while the DELETE is
+	sending      message // the message in flight while api is apiPosting
 	req          upstream.Request
 	answer       func(*upstream.Response, error) // c.answered, bound once
 	attempt      int
@@ -102,17 +112,21 @@ type conn struct {
 	timer        *time.Timer // ends a wait (c.wake)
 	waiting      waitKind    // what the request in flight waits for before it goes
 	pendingBytes int64
-	deleteDue    bool // the socket closed: DELETE after the queue drains
-	deleteSent   bool
-	keySeq       uint64 // the requests keyed so far
+	keySeq       uint64                      // the requests keyed so far
+	calls        map[string]chan<- callReply // the Calls waiting for an answer, by key (calls.go); nil when none
 
-	calls map[string]chan<- callReply // the Calls waiting for an answer, by key (calls.go); nil when none
-
-	end        closeInfo
-	ended      bool // end is set: the first reason wins
-	discard    bool // input is no longer read (after a protocol error)
-	dropData   bool // data messages are dropped, control frames still read (after a cap)
-	closeTimer *time.Timer
+	// Atomics, read without mu by the keeper, a shed, Info and nbio's
+	// write callbacks.
+	lastActive atomic.Int64 // unix nanoseconds of the last message either way
+	lastRead   atomic.Int64 // the keeper's clock when a byte last came in (keepalive.go)
+	pingSent   atomic.Int64 // the keeper's clock when it pinged, 0 once answered
+	outq       atomic.Int64 // bytes written to the socket that the kernel has not taken yet (outgoing.go)
+	shed       atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
+	// backlogSince is when outq last became positive (unix ns): a shed
+	// closes the oldest backlogs first.
+	backlogSince atomic.Int64
+	msgsIn       atomic.Uint64
+	msgsOut      atomic.Uint64
 }
 
 // accepted gives a new client connection its state (loop.Handler).
@@ -134,7 +148,7 @@ func (c *conn) OnData(_ *nbio.Conn, data []byte) {
 	c.mu.Lock()
 	switch c.state {
 	case stHandshake:
-		c.readHead(data)
+		c.readHeadLocked(data)
 	case stAuthorizing:
 		// A client must wait for the 101; keep what it sent early, within
 		// the head limit, and parse it as frames after the upgrade.
@@ -147,14 +161,14 @@ func (c *conn) OnData(_ *nbio.Conn, data []byte) {
 		if s.keeperStop != nil {
 			c.heard()
 		}
-		c.readFrames(data)
+		c.readFramesLocked(data)
 	}
 	c.mu.Unlock()
 }
 
-// readHead collects the upgrade request head and, once complete, asks the
+// readHeadLocked collects the upgrade request head and, once complete, asks the
 // API whether to accept it.
-func (c *conn) readHead(data []byte) {
+func (c *conn) readHeadLocked(data []byte) {
 	s := c.s
 	c.in = append(c.in, data...)
 	n := http1.HeadEnd(c.in)
@@ -200,7 +214,7 @@ func (c *conn) readHead(data []byte) {
 	c.state = stAuthorizing
 	// The API's own timeout bounds the wait from here on.
 	_ = c.sock.SetReadDeadline(time.Time{})
-	s.apiWork.Add(1)
+	c.setAPILocked(apiConnecting)
 	c.get = &upstream.Request{Method: "GET", Path: hs.path, Query: hs.query, Header: hs.header}
 	s.opts.API.Do(c.get, c.authorized)
 }
@@ -215,13 +229,13 @@ func (c *conn) abandonLocked() {
 		return
 	}
 	c.get, c.hs = nil, nil
-	c.connectDone()
-	c.s.apiWork.Add(-1)
+	c.connectDoneLocked()
+	c.setAPILocked(apiDone)
 }
 
-// connectDone ends the connect GET's hold on MaxConnecting, and on
+// connectDoneLocked ends the connect GET's hold on MaxConnecting, and on
 // MaxConns if the client is gone.
-func (c *conn) connectDone() {
+func (c *conn) connectDoneLocked() {
 	c.s.connecting.Add(-1)
 	if c.state == stClosed && c.admitted {
 		c.admitted = false
@@ -233,11 +247,10 @@ func (c *conn) connectDone() {
 // refuses the upgrade.
 func (c *conn) authorized(resp *upstream.Response, err error) {
 	s := c.s
-	defer s.apiWork.Add(-1)
 	c.mu.Lock()
 	hs := c.hs
 	c.hs, c.get = nil, nil
-	c.connectDone()
+	c.connectDoneLocked()
 	rej, protocol, meta, groups := decide(hs, resp, err)
 	var ping time.Duration
 	if rej == nil {
@@ -253,22 +266,23 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	accepted := rej == nil
 	switch {
 	case accepted && c.state != stAuthorizing:
-		c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: "closed before the upgrade completed", cause: metrics.CauseNetwork})
+		c.setEndLocked(closeInfo{code: ws.CloseAbnormal, reason: "closed before the upgrade completed", cause: metrics.CauseNetwork})
 	case accepted && s.draining.Load():
 		rej = &reject{status: 503, text: "shutting down"}
-		c.setEnd(closeShutdown)
+		c.setEndLocked(closeShutdown)
 	}
 	if rej != nil || c.state != stAuthorizing {
 		if c.state == stAuthorizing {
 			c.rejectLocked(rej)
 		}
-		end := c.end
-		c.mu.Unlock()
 		if accepted {
 			// The API accepted a connection that will never open: it
 			// must still hear of its end.
-			c.deleteUnborn(hs.id, hs.path, meta, end)
+			c.deleteUnbornLocked(hs.id, hs.path, meta)
+		} else {
+			c.setAPILocked(apiDone)
 		}
+		c.mu.Unlock()
 		return
 	}
 
@@ -276,6 +290,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	// upgrade can be pushed to and is reached by a shutdown.
 	c.state = stOpen
 	c.upgraded = true
+	c.setAPILocked(apiIdle)
 	s.deletesDue.Add(1)
 	c.id, c.path = hs.id, hs.path
 	c.subprotocol = protocol
@@ -304,7 +319,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	}
 	if early := c.in; early != nil {
 		c.in = nil
-		c.readFrames(early)
+		c.readFramesLocked(early)
 	}
 	c.mu.Unlock()
 	if old != nil {
@@ -355,9 +370,9 @@ func (c *conn) rejectLocked(r *reject) {
 	end(c.sock)
 }
 
-// readFrames parses frames from what the socket delivered, after what was
+// readFramesLocked parses frames from what the socket delivered, after what was
 // left of the last read.
-func (c *conn) readFrames(data []byte) {
+func (c *conn) readFramesLocked(data []byte) {
 	if c.discard {
 		return
 	}
@@ -370,7 +385,7 @@ func (c *conn) readFrames(data []byte) {
 	for len(buf) > 0 && !c.discard {
 		m, n, err := c.rd.Next(buf, ws.Server, max)
 		if err != nil {
-			c.fail(err)
+			c.failLocked(err)
 			return
 		}
 		if n == 0 {
@@ -383,19 +398,19 @@ func (c *conn) readFrames(data []byte) {
 				c.s.m.CompressedInMessage(m.Compressed)
 			}
 			switch {
-			case len(c.calls) > 0 && c.callAnswered(m.Op == ws.OpBinary, m.Payload):
+			case len(c.calls) > 0 && c.callAnsweredLocked(m.Op == ws.OpBinary, m.Payload):
 				// A Call's answer (calls.go): for the caller, not the API.
 			case !c.dropData:
-				c.enqueue(m.Op, m.Payload)
+				c.enqueueLocked(m.Op, m.Payload)
 			}
 		case ws.OpPing:
-			if c.controlFrame() && c.state == stOpen {
+			if c.controlFrameLocked() && c.state == stOpen {
 				_ = c.writeFrameLocked(ws.OpPong, m.Payload)
 			}
 		case ws.OpPong:
-			c.controlFrame()
+			c.controlFrameLocked()
 		case ws.OpClose:
-			c.peerClosed(m.Payload)
+			c.peerClosedLocked(m.Payload)
 			return
 		}
 	}
@@ -410,18 +425,18 @@ func (c *conn) readFrames(data []byte) {
 	}
 }
 
-// peerClosed handles the client's close frame: the answer to ours, or its
+// peerClosedLocked handles the client's close frame: the answer to ours, or its
 // own wish to leave, which is echoed.
-func (c *conn) peerClosed(payload []byte) {
+func (c *conn) peerClosedLocked(payload []byte) {
 	code, reason, err := ws.ParseClose(payload)
 	if err != nil {
-		c.fail(err)
+		c.failLocked(err)
 		return
 	}
 	c.discard = true
 	c.in = nil
 	if c.state == stOpen {
-		c.setEnd(closeInfo{code: code, reason: reason, cause: metrics.CauseClient})
+		c.setEndLocked(closeInfo{code: code, reason: reason, cause: metrics.CauseClient})
 		echo := ws.AppendClose(nil, code, "")
 		_ = c.writeFrameLocked(ws.OpClose, echo)
 		c.state = stClosing
@@ -429,9 +444,9 @@ func (c *conn) peerClosed(payload []byte) {
 	_ = c.sock.Close()
 }
 
-// fail closes the connection after the client broke the protocol or a
+// failLocked closes the connection after the client broke the protocol or a
 // limit.
-func (c *conn) fail(err error) {
+func (c *conn) failLocked(err error) {
 	var pe *ws.ProtocolError
 	if !errors.As(err, &pe) {
 		pe = &ws.ProtocolError{Code: ws.CloseInternalError, Reason: err.Error()}
@@ -457,14 +472,14 @@ func (c *conn) closeLocked(info closeInfo) {
 	if c.state != stOpen {
 		return
 	}
-	c.setEnd(info)
+	c.setEndLocked(info)
 	_ = c.writeFrameLocked(ws.OpClose, ws.AppendClose(nil, info.code, info.reason))
 	c.state = stClosing
 	sock := c.sock
 	c.closeTimer = time.AfterFunc(c.s.opts.CloseTimeout, func() { end(sock) })
 }
 
-func (c *conn) setEnd(info closeInfo) {
+func (c *conn) setEndLocked(info closeInfo) {
 	if !c.ended {
 		c.end, c.ended = info, true
 	}
@@ -496,13 +511,13 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	if !c.ended {
 		switch {
 		case errors.Is(err, errShed) || c.shed.Load():
-			c.setEnd(closeOutgoingTotal)
+			c.setEndLocked(closeOutgoingTotal)
 		case errors.Is(err, nbio.ErrOverflow):
-			c.setEnd(closeInfo{code: ws.ClosePolicyViolation, reason: "slow consumer", cause: metrics.CauseSlowConsumer})
+			c.setEndLocked(closeInfo{code: ws.ClosePolicyViolation, reason: "slow consumer", cause: metrics.CauseSlowConsumer})
 		case errors.Is(err, nbio.ErrReadTimeout):
-			c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: "timeout", cause: metrics.CauseTimeout})
+			c.setEndLocked(closeInfo{code: ws.CloseAbnormal, reason: "timeout", cause: metrics.CauseTimeout})
 		default:
-			c.setEnd(closeInfo{code: ws.CloseAbnormal, reason: errText(err), cause: metrics.CauseNetwork})
+			c.setEndLocked(closeInfo{code: ws.CloseAbnormal, reason: errText(err), cause: metrics.CauseNetwork})
 		}
 	}
 	if !c.upgraded {
@@ -517,12 +532,8 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	s.m.Close(c.end.cause)
 	if c.end.noDelete {
 		s.deletesDue.Add(-1)
-		return
 	}
-	c.deleteDue = true
-	if !c.busy {
-		c.busy = true
-		s.apiWork.Add(1)
+	if c.api == apiIdle { // else nextLocked ends it after the queue
 		c.nextLocked()
 	}
 }
@@ -542,7 +553,7 @@ func errText(err error) string {
 // encoded into a pooled buffer and written with one call; nbio keeps what
 // the kernel does not take, counted in c's backlog (outgoing.go).
 func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
-	if c.compresses(op, len(payload)) {
+	if c.compressesLocked(op, len(payload)) {
 		if sent, err := c.writeDeflatedLocked(op, payload); sent {
 			return err
 		}
@@ -561,10 +572,10 @@ func (c *conn) writeFrameLocked(op ws.Opcode, payload []byte) error {
 
 const pooledFrameMax = 16 << 10
 
-// compresses reports whether a data message of n bytes goes to this client
+// compressesLocked reports whether a data message of n bytes goes to this client
 // deflated: if it negotiated compression, at or over -compression-min (and
 // then only if deflating made it smaller: deflateSmaller).
-func (c *conn) compresses(op ws.Opcode, n int) bool {
+func (c *conn) compressesLocked(op ws.Opcode, n int) bool {
 	return c.rd.Deflate && !op.IsControl() && n >= c.s.opts.CompressMin
 }
 

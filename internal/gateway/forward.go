@@ -28,9 +28,9 @@ type message struct {
 
 // A connection's way to the API, in the order things happen:
 //
-//	enqueue         a message arrives: started at once if nothing is in
+//	enqueueLocked   a message arrives: started at once if nothing is in
 //	                flight, else queued behind the others
-//	startPOST       the connection's one request in flight is that message,
+//	startPOSTLocked the connection's one request in flight is that message,
 //	                with an Idempotency-Key of its own
 //	sendPacedLocked it goes to the API now, or at its turn if the client
 //	                sends faster than MaxMessageRate (a paced wait)
@@ -38,9 +38,79 @@ type message struct {
 //	                backoff while later messages wait, or give up
 //	nextLocked      the next queued message, else the DELETE once closed
 //
+// Each step moves c.api (apiState) through setAPILocked, which keeps the count a
+// drain waits for.
+//
 // The connection reuses one Request, one callback and one timer (for a
 // backoff or a paced wait, which never overlap) for all of it: one request
 // is in flight at a time, and a message costs no allocation.
+
+// apiState is where a connection is with the API: what the API has been
+// told of it and what is in flight. It changes in setAPILocked only, along
+// apiMoves.
+type apiState uint8
+
+const (
+	apiUnknown    apiState = iota // not asked about yet: its upgrade head is being read
+	apiConnecting                 // the connect GET is with the API (c.get)
+	apiIdle                       // accepted, nothing in flight
+	apiPosting                    // a message's POST in flight (c.sending), perhaps waiting (c.waiting)
+	apiDeleting                   // the DELETE in flight, perhaps waiting
+	apiDone                       // nothing more goes to the API: refused, abandoned, or told of the end
+)
+
+var apiStateNames = [...]string{"unknown", "connecting", "idle", "posting", "deleting", "done"}
+
+func (a apiState) String() string { return apiStateNames[a] }
+
+// working reports whether a request of the connection's is in flight or
+// due: what a drain waits for (s.apiWork counts them).
+func (a apiState) working() bool {
+	return a == apiConnecting || a == apiPosting || a == apiDeleting
+}
+
+// apiMoves are the API side's transitions, from -> to, and where each is
+// made; an empty entry is a move that must not happen.
+var apiMoves = [apiDone + 1][apiDone + 1]string{
+	apiUnknown: {
+		apiConnecting: "readHeadLocked: the upgrade head is complete; the GET goes",
+	},
+	apiConnecting: {
+		apiIdle:     "authorized: accepted, upgraded",
+		apiDone:     "authorized: refused, or accepted too late (no DELETE: it never opened); abandonLocked: the client left first",
+		apiDeleting: "authorized: accepted, but the client left meanwhile (deleteUnbornLocked)",
+	},
+	apiIdle: {
+		apiPosting:  "enqueueLocked: a message",
+		apiDeleting: "OnClose: closed with nothing in flight",
+		apiDone:     "OnClose: replaced, the API already saw the new GET (no DELETE)",
+	},
+	apiPosting: {
+		apiPosting:  "nextLocked: the next queued message",
+		apiIdle:     "nextLocked: the queue is empty",
+		apiDeleting: "nextLocked: the queue is empty and the socket closed",
+		apiDone:     "nextLocked: the queue is empty and the socket closed, replaced (no DELETE)",
+	},
+	apiDeleting: {
+		apiDone: "answered: the DELETE's answer, or given up",
+	},
+}
+
+// setAPILocked moves c's API side to next, keeping s.apiWork in step. c.mu is
+// held.
+func (c *conn) setAPILocked(next apiState) {
+	from := c.api
+	if apiMoves[from][next] == "" {
+		panic("gateway: API side of a connection moved from " + from.String() + " to " + next.String())
+	}
+	switch {
+	case !from.working() && next.working():
+		c.s.apiWork.Add(1)
+	case from.working() && !next.working():
+		c.s.apiWork.Add(-1)
+	}
+	c.api = next
+}
 
 // waitKind is what the request in flight waits for before it goes.
 type waitKind uint8
@@ -56,8 +126,8 @@ const (
 // and a flood of empty messages must not pass the caps.
 const msgOverhead = 256
 
-// enqueue takes a client message.
-func (c *conn) enqueue(op ws.Opcode, payload []byte) {
+// enqueueLocked takes a client message.
+func (c *conn) enqueueLocked(op ws.Opcode, payload []byte) {
 	s := c.s
 	n := int64(len(payload))
 	s.m.MessagesIn.Inc()
@@ -65,7 +135,7 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	c.msgsIn.Add(1)
 	c.lastActive.Store(time.Now().UnixNano())
 	switch {
-	case c.pendingBytes+n+int64(c.pendingMsgs()+1)*msgOverhead > s.opts.MaxPendingBytes:
+	case c.pendingBytes+n+int64(c.pendingMsgsLocked()+1)*msgOverhead > s.opts.MaxPendingBytes:
 		c.closeLocked(closeBacklog)
 		c.dropData = true
 		return
@@ -76,33 +146,32 @@ func (c *conn) enqueue(op ws.Opcode, payload []byte) {
 	}
 	msg := message{op: op, buf: getBuf(payload)}
 	c.pendingBytes += n
-	if c.busy {
+	if c.api != apiIdle {
 		c.queue = append(c.queue, msg)
 		return
 	}
-	c.busy = true
-	s.apiWork.Add(1)
-	c.startPOST(msg)
+	c.setAPILocked(apiPosting)
+	c.startPOSTLocked(msg)
 }
 
-// pendingMsgs returns the number of c's messages waiting for the API, the
+// pendingMsgsLocked returns the number of c's messages waiting for the API, the
 // one in flight included.
-func (c *conn) pendingMsgs() int {
+func (c *conn) pendingMsgsLocked() int {
 	n := len(c.queue)
-	if c.sending.buf != nil {
+	if c.api == apiPosting {
 		n++
 	}
 	return n
 }
 
-// startPOST makes msg the request in flight.
-func (c *conn) startPOST(msg message) {
+// startPOSTLocked makes msg the request in flight.
+func (c *conn) startPOSTLocked(msg message) {
 	ct := contentText
 	if msg.op == ws.OpBinary {
 		ct = contentBinary
 	}
 	c.sending = msg
-	c.req = upstream.Request{Method: "POST", Path: c.path, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: c.nextKey()}
+	c.req = upstream.Request{Method: "POST", Path: c.path, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: c.nextKeyLocked()}
 	c.sendPacedLocked()
 }
 
@@ -110,7 +179,7 @@ func (c *conn) startPOST(msg message) {
 // now, else holds it back until its turn.
 func (c *conn) sendPacedLocked() {
 	now := time.Now()
-	if wait := c.rateWait(now); wait > 0 {
+	if wait := c.rateWaitLocked(now); wait > 0 {
 		c.waitLocked(waitRate, wait)
 		return
 	}
@@ -118,23 +187,22 @@ func (c *conn) sendPacedLocked() {
 	c.sendLocked()
 }
 
-// startDELETE makes the DELETE the request in flight: the close reason as
-// body, the code in X-Ws2api-Close-Code.
-func (c *conn) startDELETE() {
-	c.deleteSent = true
+// startDELETELocked makes the DELETE the request in flight: the close
+// reason as body, the code in X-Ws2api-Close-Code.
+func (c *conn) startDELETELocked() {
 	c.sending = message{}
 	h := make([]upstream.Header, len(c.apiHeader), len(c.apiHeader)+1)
 	copy(h, c.apiHeader)
 	h = append(h, upstream.Header{Name: HeaderCloseCode, Value: strconv.Itoa(c.end.code)})
-	c.req = upstream.Request{Method: "DELETE", Path: c.path, Header: h, ContentType: contentText, Body: []byte(c.end.reason), Key: c.nextKey()}
+	c.req = upstream.Request{Method: "DELETE", Path: c.path, Header: h, ContentType: contentText, Body: []byte(c.end.reason), Key: c.nextKeyLocked()}
 	c.attempt, c.firstTry = 0, time.Now()
 	c.sendLocked()
 }
 
-// nextKey returns the Idempotency-Key of a new request: unique to one
-// message (or the close) and the same on each re-send, since a re-send
+// nextKeyLocked returns the Idempotency-Key of a new request: unique to
+// one message (or the close) and the same on each re-send, since a re-send
 // reuses the request.
-func (c *conn) nextKey() upstream.Key {
+func (c *conn) nextKeyLocked() upstream.Key {
 	c.keySeq++
 	return upstream.Key{Prefix: c.connID, Seq: c.keySeq}
 }
@@ -172,14 +240,13 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 		gaveUp = true
 	}
 
-	if c.sending.buf == nil { // the DELETE
+	if c.api == apiDeleting {
 		s.deletesDue.Add(-1)
 		if outcome != upstream.Delivered && !errors.Is(err, upstream.ErrClosed) {
 			s.warn.Warn(s.log, "DELETE not delivered to the API", "id", c.id, "error", errOrStatus(resp, err))
 		}
 		c.req = upstream.Request{}
-		c.busy = false
-		s.apiWork.Add(-1)
+		c.setAPILocked(apiDone)
 		return
 	}
 
@@ -268,32 +335,29 @@ func (c *conn) nextLocked() {
 		if len(c.queue) == 0 {
 			c.queue = nil
 		}
-		c.startPOST(msg)
+		c.setAPILocked(apiPosting)
+		c.startPOSTLocked(msg)
 		return
 	}
-	if c.deleteDue && !c.deleteSent {
-		c.startDELETE()
-		return
+	switch {
+	case c.state != stClosed:
+		c.setAPILocked(apiIdle)
+	case c.end.noDelete:
+		c.setAPILocked(apiDone)
+	default:
+		c.setAPILocked(apiDeleting)
+		c.startDELETELocked()
 	}
-	c.busy = false
-	c.s.apiWork.Add(-1)
 }
 
-// deleteUnborn tells the API of the end of a connection it accepted but
-// that never opened.
-func (c *conn) deleteUnborn(id, path string, meta []upstream.Header, end closeInfo) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
+// deleteUnbornLocked tells the API of the end of a connection it accepted
+// but that never opened.
+func (c *conn) deleteUnbornLocked(id, path string, meta []upstream.Header) {
 	c.id, c.path = id, path
 	c.apiHeader = append([]upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}, meta...)
-	c.end, c.ended = end, true
 	c.s.deletesDue.Add(1)
-	c.deleteDue = true
-	if !c.busy {
-		c.busy = true
-		c.s.apiWork.Add(1)
-		c.nextLocked()
-	}
+	c.setAPILocked(apiDeleting)
+	c.startDELETELocked()
 }
 
 // send writes one data message to the client if it is open.

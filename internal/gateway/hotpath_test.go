@@ -53,7 +53,7 @@ func openConn(tb testing.TB, api upstream.Client) (c *conn, peer int) {
 	if err != nil {
 		tb.Fatal(err)
 	}
-	c = &conn{s: s, sock: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, id: "CP1", path: "CP1"}
+	c = &conn{s: s, sock: nc, connID: "test-1", remoteAddr: "peer", state: stOpen, upgraded: true, api: apiIdle, id: "CP1", path: "CP1"}
 	c.apiHeader = []upstream.Header{{Name: HeaderConnectionID, Value: c.connID}}
 	if _, err := lp.Add(nc, c); err != nil {
 		tb.Fatal(err)

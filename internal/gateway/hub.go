@@ -101,7 +101,7 @@ func (s *Server) Info(id string) (Info, error) {
 		return Info{}, err
 	}
 	defer c.mu.Unlock()
-	pending := c.pendingMsgs()
+	pending := c.pendingMsgsLocked()
 	meta := map[string]string{}
 	for _, h := range c.apiHeader {
 		if name, ok := strings.CutPrefix(h.Name, HeaderMetaPrefix); ok {
@@ -306,7 +306,7 @@ func (s *Server) newShared(op ws.Opcode, data []byte) *sharedFrame {
 
 // forConn returns the frame as c takes it.
 func (f *sharedFrame) forConn(c *conn) []byte {
-	if !c.compresses(f.op, len(f.data)) {
+	if !c.compressesLocked(f.op, len(f.data)) {
 		return f.plain
 	}
 	f.once.Do(func() {

@@ -71,7 +71,7 @@ func (s *Server) sweep(now int64, due []*conn) []*conn {
 		}
 		sh.mu.RUnlock()
 		for j, c := range due {
-			c.keepLocked(now)
+			c.keep(now)
 			due[j] = nil
 		}
 		due = due[:0]
@@ -134,8 +134,8 @@ func pingOverride(resp *upstream.Response) (time.Duration, *reject) {
 	return d, nil
 }
 
-// keepLocked pings c or closes it, as keeperDue found.
-func (c *conn) keepLocked(now int64) {
+// keep pings c or closes it, as keeperDue found.
+func (c *conn) keep(now int64) {
 	o := &c.s.opts
 	c.mu.Lock()
 	defer c.mu.Unlock()
@@ -148,7 +148,7 @@ func (c *conn) keepLocked(now int64) {
 	case c.pingInterval() <= 0:
 	case sent != 0 && now-sent >= int64(o.PingTimeout):
 		// A dead peer reads no close frame: just close the socket.
-		c.setEnd(closePingTimeout)
+		c.setEndLocked(closePingTimeout)
 		c.discard = true
 		c.state = stClosing
 		end(c.sock)
@@ -168,14 +168,14 @@ func (c *conn) heard() {
 	}
 }
 
-// rateWait returns how long a POST of c's starting at now must wait to
+// rateWaitLocked returns how long a POST of c's starting at now must wait to
 // keep c within MaxMessageRate, or 0 if it may go now (it is then counted).
 // The rule is GCRA: a client may send a second's worth of messages at
 // once (at least one, for a rate below one a second), then one per
 // interval; the messages beyond wait their turn in c's queue. The clock is
 // s.epoch's monotonic one: a step of the wall clock cannot hold a client
 // back.
-func (c *conn) rateWait(now time.Time) time.Duration {
+func (c *conn) rateWaitLocked(now time.Time) time.Duration {
 	interval := c.s.rateInterval
 	if interval == 0 {
 		return 0
@@ -189,7 +189,7 @@ func (c *conn) rateWait(now time.Time) time.Duration {
 	return 0
 }
 
-// controlFrame counts a ping or pong from c against MaxMessageRate and
+// controlFrameLocked counts a ping or pong from c against MaxMessageRate and
 // reports whether to act on it (answer a ping). A data message over the
 // rate waits its turn; a control frame has nothing to wait for, and each
 // one answered costs a write. So pings and pongs have a budget of their
@@ -198,7 +198,7 @@ func (c *conn) rateWait(now time.Time) time.Duration {
 // unanswered, and counted. A client sending them at ten times the rate
 // (again a second's worth at once) is flooding: it is closed with 1008
 // "too many control frames", its later input discarded. c.mu is held.
-func (c *conn) controlFrame() bool {
+func (c *conn) controlFrameLocked() bool {
 	s := c.s
 	interval := s.rateInterval
 	if interval == 0 {
@@ -218,7 +218,7 @@ func (c *conn) controlFrame() bool {
 	return true
 }
 
-// conforms is GCRA, as rateWait's: whether an event at t fits a rate of
+// conforms is GCRA, as rateWaitLocked's: whether an event at t fits a rate of
 // one per interval with a second's worth at once; if it does, it is
 // counted in *tat.
 func conforms(tat *int64, t, interval int64) bool {
