@@ -33,7 +33,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/warnlog"
 )
@@ -41,22 +41,11 @@ import (
 // Local is the node's own side, what the bus acts on for other nodes: a
 // *gateway.Server.
 type Local interface {
-	Push(id string, binary bool, data []byte) error
-	PushMany(ids []string, binary bool, data []byte) (notConnected []string)
-	Info(id string) (gateway.Info, error)
-	Kick(id string, code int, reason string) error
-	Join(id, group string) error
-	Leave(id, group string) (bool, error)
-	SetMeta(id, name, value string, remove bool) error
-	Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error)
-	Broadcast(binary bool, data []byte) int
-	BroadcastGroup(group string, binary bool, data []byte) (int, error)
+	hub.Clients
 	CloseReplaced(id, connID string)
-	Held() []gateway.Held
+	Held() []hub.Held
 	Node() string
 }
-
-var _ Local = (*gateway.Server)(nil)
 
 // maxServing bounds the requests from other nodes served at once (each
 // holds its message until the answer is published).

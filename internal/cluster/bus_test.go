@@ -6,6 +6,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ws2api/ws2api/internal/hub"
 )
 
 // nodeOnly is a Local that only has a name: a bus that cannot reach Redis
@@ -52,7 +54,7 @@ func TestBusWithoutRedis(t *testing.T) {
 	if b.Up() {
 		t.Fatal("the bus says it is up with no Redis")
 	}
-	if err := b.Push("x", false, []byte("m")); !errors.Is(err, ErrUnavailable) {
+	if _, err := b.Do(hub.Op{Kind: hub.KindPush, ID: "x", Data: []byte("m")}); !errors.Is(err, ErrUnavailable) {
 		t.Errorf("Push: %v, want ErrUnavailable", err)
 	}
 	if _, _, err := b.Broadcast("", false, []byte("m")); !errors.Is(err, ErrUnavailable) {

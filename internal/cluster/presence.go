@@ -8,6 +8,8 @@ import (
 	"time"
 
 	"github.com/redis/rueidis"
+
+	"github.com/ws2api/ws2api/internal/hub"
 )
 
 // Presence: which node holds which id. Each id connected to a node has a
@@ -184,7 +186,7 @@ func (b *Bus) writeOps(ops []presenceOp, ttl int64) {
 			case nodeOf(old) != b.node:
 				// Another node held it: tell it to let go of that
 				// connection (not of a newer one it may have since).
-				body, _ := json.Marshal(&envelope{Kind: kindReplaced, ID: setIDs[i], Conn: old, From: b.node})
+				body, _ := json.Marshal(&envelope{Kind: kindReplaced, Op: hub.Op{ID: setIDs[i]}, Conn: old, From: b.node})
 				replaced = append(replaced, c.B().Publish().Channel(b.nodeChannel(nodeOf(old))).Message(rueidis.BinaryString(body)).Build())
 			}
 		}

@@ -11,7 +11,7 @@ import (
 
 	"github.com/redis/rueidis"
 
-	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/metrics"
 )
 
@@ -33,17 +33,8 @@ const (
 	kindReplaced  = "rpl"
 )
 
-// Request operations.
-const (
-	opPush     = "push"
-	opPushMany = "pushmany"
-	opInfo     = "info"
-	opKick     = "kick"
-	opJoin     = "join"
-	opLeave    = "leave"
-	opMeta     = "meta"
-	opCall     = "call"
-)
+// Request operations beside an Op on one client (hub.Kind).
+const opPushMany = "pushmany"
 
 // envelope is every message on the bus, as JSON.
 type envelope struct {
@@ -51,33 +42,21 @@ type envelope struct {
 	Req  uint64 `json:"r,omitempty"` // request number, chosen by From
 	From string `json:"f,omitempty"` // the requesting node
 
-	// Requests and broadcasts.
-	Op     string   `json:"op,omitempty"`
-	ID     string   `json:"id,omitempty"`
-	IDs    []string `json:"ids,omitempty"`
-	Binary bool     `json:"bin,omitempty"`
-	Data   []byte   `json:"data,omitempty"`
-	Code   int      `json:"code,omitempty"`
-	Reason string   `json:"reason,omitempty"`
-	Group  string   `json:"group,omitempty"`
-	Name   string   `json:"name,omitempty"`
-	Value  string   `json:"value,omitempty"`
-	Remove bool     `json:"remove,omitempty"`
-	// Wait is how long a call waits for the client's answer: the
-	// requester waits that much longer for the node's.
-	Wait time.Duration `json:"wait,omitempty"`
+	// Requests: an operation on one client, or a many-id push (Op.Kind
+	// opPushMany, with IDs); broadcasts (Binary, Data, Group).
+	hub.Op
+	IDs []string `json:"ids,omitempty"`
 
 	// Answers.
-	NotConnected bool          `json:"nc,omitempty"`  // the id is not (or no longer) here
-	Err          string        `json:"err,omitempty"` // a refusal, e.g. a bad group name
-	Info         *gateway.Info `json:"info,omitempty"`
-	Count        int           `json:"count,omitempty"`
-	Missing      []string      `json:"missing,omitempty"`
-	Fail         string        `json:"fail,omitempty"` // a call's failure: a key of callFailures
+	hub.Result
+	NotConnected bool     `json:"nc,omitempty"`   // the id is not (or no longer) here
+	Err          string   `json:"err,omitempty"`  // a refusal, e.g. a bad group name
+	Fail         string   `json:"fail,omitempty"` // an error of hub.Named, by its name
+	Count        int      `json:"count,omitempty"`
+	Missing      []string `json:"missing,omitempty"`
 
 	// Replaced notices: the connection of ID that another took over.
 	Conn string `json:"conn,omitempty"`
-	Was  bool   `json:"was,omitempty"`
 }
 
 // errRefused carries another node's refusal (a bad group or meta name)
@@ -86,66 +65,11 @@ type errRefused struct{ msg string }
 
 func (e errRefused) Error() string { return e.msg }
 
-// callFailures are the errors of a call that cross the bus, by name.
-var callFailures = map[string]error{
-	"timeout": gateway.ErrCallTimeout,
-	"gone":    gateway.ErrClientGone,
-	"pending": gateway.ErrCallPending,
-}
-
-// Call sends a call to id, held by another node, and returns the client's
-// answer (gateway.Server.Call).
-func (b *Bus) Call(id string, binary bool, data []byte, wait time.Duration) (gateway.Answer, error) {
-	a, err := b.relay(id, envelope{Op: opCall, ID: id, Binary: binary, Data: data, Wait: wait})
-	if err != nil {
-		return gateway.Answer{}, err
-	}
-	if a.Fail != "" {
-		if known := callFailures[a.Fail]; known != nil {
-			return gateway.Answer{}, known
-		}
-		return gateway.Answer{}, errRefused{a.Fail}
-	}
-	return gateway.Answer{Binary: a.Binary, Data: a.Data}, nil
-}
-
-// Push sends a message to id, held by another node.
-func (b *Bus) Push(id string, binary bool, data []byte) error {
-	_, err := b.relay(id, envelope{Op: opPush, ID: id, Binary: binary, Data: data})
-	return err
-}
-
-// Info describes id's connection on the node holding it.
-func (b *Bus) Info(id string) (gateway.Info, error) {
-	a, err := b.relay(id, envelope{Op: opInfo, ID: id})
-	if err != nil || a.Info == nil {
-		return gateway.Info{}, errOr(err, gateway.ErrNotConnected)
-	}
-	return *a.Info, nil
-}
-
-// Kick closes id's connection on the node holding it.
-func (b *Bus) Kick(id string, code int, reason string) error {
-	_, err := b.relay(id, envelope{Op: opKick, ID: id, Code: code, Reason: reason})
-	return err
-}
-
-// Join adds id, held by another node, to a group.
-func (b *Bus) Join(id, group string) error {
-	_, err := b.relay(id, envelope{Op: opJoin, ID: id, Group: group})
-	return err
-}
-
-// Leave removes id, held by another node, from a group.
-func (b *Bus) Leave(id, group string) (bool, error) {
-	a, err := b.relay(id, envelope{Op: opLeave, ID: id, Group: group})
-	return a.Was, err
-}
-
-// SetMeta sets or removes a meta header of id, held by another node.
-func (b *Bus) SetMeta(id, name, value string, remove bool) error {
-	_, err := b.relay(id, envelope{Op: opMeta, ID: id, Name: name, Value: value, Remove: remove})
-	return err
+// Do runs op on the node holding its client: the bus's side of every
+// operation on one client (hub.Op.Apply runs it there).
+func (b *Bus) Do(op hub.Op) (hub.Result, error) {
+	a, err := b.relay(op.ID, envelope{Op: op})
+	return a.Result, err
 }
 
 // PushMany sends a message to each of ids, none held by this node: one
@@ -185,7 +109,7 @@ func (b *Bus) PushMany(ids []string, binary bool, data []byte) (notConnected []s
 	results := make(chan result, len(byNode))
 	for node, nodeIDs := range byNode {
 		go func() {
-			a, err := b.call(ctx, node, envelope{Op: opPushMany, IDs: nodeIDs, Binary: binary, Data: data})
+			a, err := b.call(ctx, node, envelope{Op: hub.Op{Kind: opPushMany, Binary: binary, Data: data}, IDs: nodeIDs})
 			results <- result{nodeIDs, a.Missing, err}
 		}()
 	}
@@ -210,7 +134,7 @@ func (b *Bus) relay(id string, req envelope) (envelope, error) {
 	a, err := b.relayOnce(id, req)
 	outcome := metrics.RelayDelivered
 	switch {
-	case errors.Is(err, gateway.ErrNotConnected):
+	case errors.Is(err, hub.ErrNotConnected):
 		outcome = metrics.RelayNotFound
 	case errors.Is(err, ErrUnavailable):
 		outcome = metrics.RelayUnavailable
@@ -228,13 +152,13 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 	if !b.up.Load() {
 		return envelope{}, ErrUnavailable
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout+req.Wait)
+	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout+req.Op.Timeout())
 	defer cancel()
 	holder, err := b.doRead(ctx, func(c rueidis.Client) rueidis.Completed { return c.B().Get().Key(b.idKey(id)).Build() }).ToString()
 	node := nodeOf(holder)
 	switch {
 	case rueidis.IsRedisNil(err):
-		return envelope{}, gateway.ErrNotConnected
+		return envelope{}, hub.ErrNotConnected
 	case err != nil:
 		b.warn.Warn(b.log, "cluster bus: cannot look a client up in Redis", "error", err)
 		return envelope{}, ErrUnavailable
@@ -242,13 +166,13 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 		// Ours, yet not here: the id just left (its record goes with the
 		// next presence batch) or left while Redis was away (the record
 		// expires). Not deleted here: the id may be connecting again.
-		return envelope{}, gateway.ErrNotConnected
+		return envelope{}, hub.ErrNotConnected
 	}
 	a, err := b.call(ctx, node, req)
 	switch {
 	case errors.Is(err, errNobody):
 		b.forget(ctx, id, holder)
-		return envelope{}, gateway.ErrNotConnected
+		return envelope{}, hub.ErrNotConnected
 	case errors.Is(err, ErrTimeout) && !b.live(node):
 		// A node that lost its power: Redis still holds its subscription
 		// (until TCP keepalive gives up, 300 s by default), but it has
@@ -257,11 +181,13 @@ func (b *Bus) relayOnce(id string, req envelope) (envelope, error) {
 		ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 		defer cancel()
 		b.forget(ctx, id, holder)
-		return envelope{}, gateway.ErrNotConnected
+		return envelope{}, hub.ErrNotConnected
 	case err != nil:
 		return envelope{}, err
 	case a.NotConnected:
-		return a, gateway.ErrNotConnected
+		return a, hub.ErrNotConnected
+	case hub.Named[a.Fail] != nil:
+		return a, hub.Named[a.Fail]
 	case a.Err != "":
 		return a, errRefused{a.Err}
 	}
@@ -332,53 +258,27 @@ func (b *Bus) serve(e envelope) {
 	l := b.opts.Local
 	a := envelope{Kind: kindAnswer, Req: e.Req}
 	var err error
-	switch e.Kind {
-	case kindBroadcast:
+	switch {
+	case e.Kind == kindBroadcast:
 		if e.Group != "" {
 			a.Count, err = l.BroadcastGroup(e.Group, e.Binary, e.Data)
 		} else {
 			a.Count = l.Broadcast(e.Binary, e.Data)
 		}
+	case e.Op.Kind == opPushMany:
+		a.Missing = l.PushMany(e.IDs, e.Binary, e.Data)
 	default:
-		switch e.Op {
-		case opPush:
-			err = l.Push(e.ID, e.Binary, e.Data)
-		case opPushMany:
-			a.Missing = l.PushMany(e.IDs, e.Binary, e.Data)
-		case opInfo:
-			var info gateway.Info
-			if info, err = l.Info(e.ID); err == nil {
-				a.Info = &info
-			}
-		case opKick:
-			err = l.Kick(e.ID, e.Code, e.Reason)
-		case opJoin:
-			err = l.Join(e.ID, e.Group)
-		case opLeave:
-			a.Was, err = l.Leave(e.ID, e.Group)
-		case opMeta:
-			err = l.SetMeta(e.ID, e.Name, e.Value, e.Remove)
-		case opCall:
-			var ans gateway.Answer
-			if ans, err = l.Call(e.ID, e.Binary, e.Data, e.Wait); err == nil {
-				a.Binary, a.Data = ans.Binary, ans.Data
-			}
-			for name, known := range callFailures {
-				if errors.Is(err, known) {
-					a.Fail, err = name, nil
-				}
-			}
-		default:
-			err = errors.New("unknown operation " + e.Op)
-		}
+		a.Result, err = e.Op.Apply(l)
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), b.opts.Timeout)
 	defer cancel()
 	switch {
-	case errors.Is(err, gateway.ErrNotConnected):
+	case errors.Is(err, hub.ErrNotConnected):
 		// (A record naming this node for an id it does not hold is not
 		// deleted here, as in relayOnce.)
 		a.NotConnected = true
+	case hub.NameOf(err) != "":
+		a.Fail = hub.NameOf(err)
 	case err != nil:
 		a.Err = err.Error()
 	}
@@ -398,7 +298,7 @@ func (b *Bus) Broadcast(group string, binary bool, data []byte) (delivered, node
 	defer cancel()
 	req, ch, done := b.await(1024) // answers may come before PUBLISH returns
 	defer done()
-	e := envelope{Kind: kindBroadcast, From: b.node, Req: req, Group: group, Binary: binary, Data: data}
+	e := envelope{Kind: kindBroadcast, From: b.node, Req: req, Op: hub.Op{Group: group, Binary: binary, Data: data}}
 	c := b.client()
 	body, err := json.Marshal(&e)
 	if err != nil {
@@ -427,13 +327,6 @@ func (b *Bus) Broadcast(group string, binary bool, data []byte) (delivered, node
 		}
 	}
 	return delivered, nodes, nil
-}
-
-func errOr(err, otherwise error) error {
-	if err != nil {
-		return err
-	}
-	return otherwise
 }
 
 // nodeOf returns the node of a connection id: what precedes its last "-".

@@ -302,29 +302,23 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 	if closeAfter {
 		c.done = true
 	}
-	id, isClient := strings.CutPrefix(path, "/")
+	req := request{method: head.Method, path: path, rawQuery: rawQuery, contentType: head.Get("Content-Type"), body: body}
+	rt, miss := h.match(head.Method, path, &req)
 	switch {
-	case path == "/healthz" && head.Method == http.MethodGet:
-		c.ready(h.healthz(), closeAfter)
-	case isClient && id != "" && !strings.Contains(id, "/") && path != "/metrics" && id != "healthz":
-		if head.Method == http.MethodPost {
-			if _, await := awaitOf(rawQuery); await {
-				// A call waits for the client's answer: on a goroutine.
-				c.slow(append([]byte(nil), b[:total]...), closeAfter)
-				break
-			}
-		}
+	case miss != nil:
+		c.ready(*miss, closeAfter)
+	case rt.inline != nil && rt.inline(&req):
 		// This node's clients are served here; an id held by another node
 		// needs a round trip through the bus, on a goroutine.
-		r := h.clientResult(h.opts.Hub, head.Method, id, rawQuery, head.Get("Content-Type"), body)
+		r := rt.serve(h, localOps{h.opts.Hub}, &req)
 		if r.status == http.StatusNotFound && h.opts.Relay != nil {
 			c.slow(append([]byte(nil), b[:total]...), closeAfter)
 			break
 		}
 		c.ready(r, closeAfter)
 	default:
-		// The rest goes to net/http's handler, on a goroutine: the raw
-		// request is read again by http.ReadRequest.
+		// The rest goes to net/http's side of the handler, on a
+		// goroutine: the raw request is read again by http.ReadRequest.
 		c.slow(append([]byte(nil), b[:total]...), closeAfter)
 	}
 	return total, true
@@ -362,7 +356,7 @@ func (c *ctlConn) slow(raw []byte, closeAfter bool) {
 			b = appendResult(nil, text(http.StatusBadRequest, err.Error()+"\n"), closeAfter)
 		} else {
 			rec := &recorder{header: http.Header{}, status: http.StatusOK}
-			c.srv.h.ServeHTTP(rec, req)
+			c.srv.h.serveAdmitted(rec, req) // admitted as its head was read
 			b = rec.appendTo(nil, closeAfter)
 		}
 		c.mu.Lock()

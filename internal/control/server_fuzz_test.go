@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/metrics"
 )
 
@@ -150,7 +151,7 @@ func (s *stubHub) known(id string) error {
 	if id == "CP1" {
 		return nil
 	}
-	return gateway.ErrNotConnected
+	return hub.ErrNotConnected
 }
 
 func (s *stubHub) Push(id string, _ bool, _ []byte) error { s.note("Push " + id); return s.known(id) }
@@ -159,9 +160,9 @@ func (s *stubHub) PushMany(ids []string, _ bool, _ []byte) []string {
 	s.got(ids...)
 	return nil
 }
-func (s *stubHub) Info(id string) (gateway.Info, error) {
+func (s *stubHub) Info(id string) (hub.Info, error) {
 	s.note("Info " + id)
-	return gateway.Info{ID: id}, s.known(id)
+	return hub.Info{ID: id}, s.known(id)
 }
 func (s *stubHub) Kick(id string, _ int, _ string) error { s.note("Kick " + id); return s.known(id) }
 func (s *stubHub) Broadcast(bool, []byte) int            { s.note("Broadcast"); return 1 }
@@ -183,9 +184,9 @@ func (s *stubHub) SetMeta(id, name, _ string, _ bool) error {
 	s.note("SetMeta " + id + " " + name)
 	return s.known(id)
 }
-func (s *stubHub) Call(id string, _ bool, _ []byte, _ time.Duration) (gateway.Answer, error) {
+func (s *stubHub) Call(id string, _ bool, _ []byte, _ time.Duration) (hub.Answer, error) {
 	s.note("Call " + id)
-	return gateway.Answer{Data: []byte(`[3,"u",{}]`)}, s.known(id)
+	return hub.Answer{Data: []byte(`[3,"u",{}]`)}, s.known(id)
 }
 func (s *stubHub) Count() int     { s.note("Count"); return 1 }
 func (s *stubHub) Draining() bool { s.note("Draining"); return false }

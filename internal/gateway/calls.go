@@ -3,10 +3,10 @@ package gateway
 import (
 	"bytes"
 	"encoding/json"
-	"errors"
 	"strings"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/metrics"
 )
 
@@ -26,39 +26,25 @@ import (
 // JSON-RPC 2.0 request, answered by the response with that id. What a
 // message is is told by its shape, whatever the subprotocol.
 
-// Errors of Call.
-var (
-	ErrNotACall    = errors.New("not a call")
-	ErrCallTimeout = errors.New("the client did not answer in time")
-	ErrClientGone  = errors.New("the client disconnected before answering")
-	ErrCallPending = errors.New("a call with this id is already waiting for its answer")
-)
-
-// Answer is a client's answer to a Call.
-type Answer struct {
-	Binary bool
-	Data   []byte
-}
-
 // callReply is what wakes a waiting Call: an answer, or gone.
 type callReply struct {
-	answer Answer
+	answer hub.Answer
 	gone   bool
 }
 
 // Call sends data to the client holding id and waits up to timeout for its
 // answer. data must be an OCPP-J CALL or a JSON-RPC 2.0 request with an id
-// (ErrNotACall otherwise). The answer is not forwarded to the API; one
+// (hub.ErrNotACall otherwise). The answer is not forwarded to the API; one
 // that comes after the timeout is, as an ordinary message.
-func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration) (Answer, error) {
+func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration) (hub.Answer, error) {
 	key, err := CallKey(data)
 	if err != nil {
-		return Answer{}, err
+		return hub.Answer{}, err
 	}
 	c := s.reg.get(id)
 	if c == nil {
 		s.m.Call(metrics.CallNotConnected)
-		return Answer{}, ErrNotConnected
+		return hub.Answer{}, hub.ErrNotConnected
 	}
 	wake := make(chan callReply, 1)
 	c.mu.Lock()
@@ -66,11 +52,11 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 	case c.state != stOpen:
 		c.mu.Unlock()
 		s.m.Call(metrics.CallNotConnected)
-		return Answer{}, ErrNotConnected
+		return hub.Answer{}, hub.ErrNotConnected
 	case c.calls[key] != nil:
 		c.mu.Unlock()
 		s.m.Call(metrics.CallConflict)
-		return Answer{}, ErrCallPending
+		return hub.Answer{}, hub.ErrCallPending
 	}
 	if c.calls == nil {
 		c.calls = map[string]chan<- callReply{}
@@ -83,7 +69,7 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 	c.mu.Unlock()
 	if err != nil {
 		s.m.Call(metrics.CallNotConnected)
-		return Answer{}, err
+		return hub.Answer{}, err
 	}
 	s.m.Pushes.Inc()
 
@@ -104,14 +90,14 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 		return s.called(r)
 	default:
 		s.m.Call(metrics.CallTimeout)
-		return Answer{}, ErrCallTimeout
+		return hub.Answer{}, hub.ErrCallTimeout
 	}
 }
 
-func (s *Server) called(r callReply) (Answer, error) {
+func (s *Server) called(r callReply) (hub.Answer, error) {
 	if r.gone {
 		s.m.Call(metrics.CallGone)
-		return Answer{}, ErrClientGone
+		return hub.Answer{}, hub.ErrClientGone
 	}
 	s.m.Call(metrics.CallAnswered)
 	return r.answer, nil
@@ -133,7 +119,7 @@ func (c *conn) callAnsweredLocked(binary bool, payload []byte) bool {
 	c.s.m.BytesIn.Add(len(payload))
 	c.msgsIn.Add(1)
 	c.lastActive.Store(time.Now().UnixNano())
-	wake <- callReply{answer: Answer{Binary: binary, Data: append([]byte(nil), payload...)}}
+	wake <- callReply{answer: hub.Answer{Binary: binary, Data: append([]byte(nil), payload...)}}
 	return true
 }
 
@@ -195,7 +181,7 @@ func notACall(why string) error { return &callError{why} }
 type callError struct{ why string }
 
 func (e *callError) Error() string        { return "not a call: " + e.why }
-func (e *callError) Is(target error) bool { return target == ErrNotACall }
+func (e *callError) Is(target error) bool { return target == hub.ErrNotACall }
 
 // answerKey returns the key of an answer to a call (an OCPP-J CALLRESULT
 // or CALLERROR, a JSON-RPC response), or "" for any other message. It

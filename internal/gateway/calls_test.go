@@ -11,6 +11,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/testkit"
 )
 
@@ -219,7 +220,7 @@ func TestCallKey(t *testing.T) {
 		}
 	}
 	for _, body := range []string{``, `2`, `[2]`, `[2,1,"X",{}]`, `[2,"a","X",{},5]`, `["2","a","X",{}]`, `{"method":"m","id":1}`, `{"jsonrpc":"2.0","id":1}`, `{"jsonrpc":"2.0","method":"m","id":[1]}`} {
-		if _, err := gateway.CallKey([]byte(body)); !errors.Is(err, gateway.ErrNotACall) {
+		if _, err := gateway.CallKey([]byte(body)); !errors.Is(err, hub.ErrNotACall) {
 			t.Errorf("CallKey(%s): %v, want ErrNotACall", body, err)
 		}
 	}

@@ -12,6 +12,7 @@ import (
 	"github.com/gorilla/websocket"
 
 	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/testkit"
 )
 
@@ -181,7 +182,7 @@ func TestInfoDescribesTheConnection(t *testing.T) {
 	_ = c.WriteMessage(1, []byte("hi"))
 	testkit.Read(t, c, wait)
 	status, body := h.ctl("GET", "/CP-info", "", "")
-	var info gateway.Info
+	var info hub.Info
 	if status != 200 || json.Unmarshal([]byte(body), &info) != nil {
 		t.Fatalf("%d %s", status, body)
 	}

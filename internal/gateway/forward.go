@@ -9,6 +9,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
 	"github.com/ws2api/ws2api/internal/ws"
@@ -369,10 +370,10 @@ func (c *conn) send(op ws.Opcode, data []byte, source string) error {
 
 func (c *conn) writeDataLocked(op ws.Opcode, data []byte, source string) error {
 	if c.state != stOpen {
-		return ErrNotConnected
+		return hub.ErrNotConnected
 	}
 	if err := c.writeFrameLocked(op, data); err != nil {
-		return ErrNotConnected
+		return hub.ErrNotConnected
 	}
 	c.lastActive.Store(time.Now().UnixNano())
 	c.msgsOut.Add(1)

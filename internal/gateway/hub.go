@@ -1,7 +1,6 @@
 package gateway
 
 import (
-	"errors"
 	"runtime"
 	"slices"
 	"strings"
@@ -10,6 +9,7 @@ import (
 	"time"
 
 	"github.com/ws2api/ws2api/internal/http1"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
 	"github.com/ws2api/ws2api/internal/ws"
@@ -17,22 +17,20 @@ import (
 
 // What the control API calls: push to one client or many, describe one,
 // close one, broadcast to all or to a group, manage groups and meta
-// headers.
+// headers (the contract of internal/hub).
 
-// ErrNotConnected is returned for an id with no open connection on this
-// node.
-var ErrNotConnected = errors.New("not connected")
+var _ hub.Clients = (*Server)(nil)
 
 // open returns the open connection holding id, locked; the caller unlocks.
 func (s *Server) open(id string) (*conn, error) {
 	c := s.reg.get(id)
 	if c == nil {
-		return nil, ErrNotConnected
+		return nil, hub.ErrNotConnected
 	}
 	c.mu.Lock()
 	if c.state != stOpen {
 		c.mu.Unlock()
-		return nil, ErrNotConnected
+		return nil, hub.ErrNotConnected
 	}
 	return c, nil
 }
@@ -49,7 +47,7 @@ func (s *Server) Push(id string, binary bool, data []byte) error {
 	c := s.reg.get(id)
 	if c == nil {
 		s.m.PushesNotFound.Inc()
-		return ErrNotConnected
+		return hub.ErrNotConnected
 	}
 	if err := c.send(opcode(binary), data, metrics.SourcePush); err != nil {
 		s.m.PushesNotFound.Inc()
@@ -76,29 +74,11 @@ func (s *Server) PushMany(ids []string, binary bool, data []byte) (notConnected 
 	return notConnected
 }
 
-// Info is what the control API tells of one connection.
-type Info struct {
-	ID              string            `json:"id"`
-	ConnectionID    string            `json:"connection_id"`
-	ConnectedAt     time.Time         `json:"connected_at"`
-	LastActiveAt    time.Time         `json:"last_active_at"`
-	RemoteAddr      string            `json:"remote_addr"`
-	UserAgent       string            `json:"user_agent"`
-	Subprotocol     string            `json:"subprotocol"`
-	Groups          []string          `json:"groups"`
-	Meta            map[string]string `json:"meta"` // X-Ws2api-Meta-<Name> headers, by Name
-	MessagesIn      uint64            `json:"messages_in"`
-	MessagesOut     uint64            `json:"messages_out"`
-	PendingMessages int               `json:"pending_messages"`
-	PendingBytes    int64             `json:"pending_bytes"`
-	Node            string            `json:"node"` // the node holding it
-}
-
 // Info describes the connection holding id.
-func (s *Server) Info(id string) (Info, error) {
+func (s *Server) Info(id string) (hub.Info, error) {
 	c, err := s.open(id)
 	if err != nil {
-		return Info{}, err
+		return hub.Info{}, err
 	}
 	defer c.mu.Unlock()
 	pending := c.pendingMsgsLocked()
@@ -108,7 +88,7 @@ func (s *Server) Info(id string) (Info, error) {
 			meta[name] = h.Value
 		}
 	}
-	return Info{
+	return hub.Info{
 		ID:              c.id,
 		ConnectionID:    c.connID,
 		ConnectedAt:     c.connectedAt.UTC(),
@@ -206,15 +186,12 @@ func (s *Server) GroupMembers(group, after string, limit int) (ids []string, nex
 	return ids, next, nil
 }
 
-// ErrBadMeta is a meta header name or value that cannot be sent.
-var ErrBadMeta = errors.New("bad meta header")
-
 // SetMeta sets the client's X-Ws2api-Meta-<name> header to value, or
 // removes it when remove is set. Requests already in flight keep the old
 // headers.
 func (s *Server) SetMeta(id, name, value string, remove bool) error {
 	if !http1.ValidToken(name) || !http1.ValidFieldValue(value) || len(value) > 8<<10 {
-		return ErrBadMeta
+		return hub.ErrBadMeta
 	}
 	full := http1.CanonicalName(HeaderMetaPrefix + name)
 	c, err := s.open(id)

@@ -8,7 +8,7 @@ import (
 
 	"github.com/gorilla/websocket"
 
-	"github.com/ws2api/ws2api/internal/gateway"
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/testkit"
 )
 
@@ -40,7 +40,7 @@ func TestOneClientWhateverTheEscapingOfItsID(t *testing.T) {
 		}
 	}
 	status, body := h.ctl("GET", "/C%50%31", "", "")
-	var info gateway.Info
+	var info hub.Info
 	if status != 200 || json.Unmarshal([]byte(body), &info) != nil || info.ID != "CP1" {
 		t.Fatalf("info for /C%%50%%31: %d %s, want id CP1", status, body)
 	}
@@ -72,7 +72,7 @@ func TestOneClientWhateverTheEscapingOfItsID(t *testing.T) {
 		{"GET", "/%2e%2e", "'..'"}, {"POST", "/a%2Fb", "'/'"}, {"POST", "/a%5Cb", "'/'"}, {"DELETE", "/%6Detrics", "reserved"},
 		{"GET", "/CP%00", "control character"}, {"GET", "/%zz", "'%'"}, {"PUT", "/a%2Fb/meta/Site", "'/'"},
 		{"DELETE", "/%2e/groups/room", "'..'"}, {"PUT", "/%C0%AF/groups/room", "UTF-8"},
-		{"PUT", "/%zz/groups/room", "invalid URL escape"}, // net/http's own 400
+		{"PUT", "/%zz/groups/room", "'%'"}, // (was net/http's own 400: the event loop routes it now)
 	} {
 		// Raw: net/http's client will not send a malformed escape.
 		addr := strings.TrimPrefix(h.control, "http://")
@@ -111,7 +111,7 @@ func TestIDsReachTheAPIEscapedCanonically(t *testing.T) {
 			t.Fatalf("%s: reply %q", c.dial, got)
 		}
 		_, body := h.ctl("GET", "/"+c.dial, "", "")
-		var info gateway.Info
+		var info hub.Info
 		if json.Unmarshal([]byte(body), &info) != nil || info.ID != c.id {
 			t.Errorf("info for /%s: %s, want id %q", c.dial, body, c.id)
 		}

@@ -3,6 +3,8 @@ package gateway
 import (
 	"hash/maphash"
 	"sync"
+
+	"github.com/ws2api/ws2api/internal/hub"
 )
 
 // registry maps each connected id to its connection. It is split into
@@ -74,13 +76,13 @@ func (r *registry) count() int {
 }
 
 // ids returns a snapshot of every connected id.
-func (r *registry) held() []Held {
-	out := make([]Held, 0, r.count())
+func (r *registry) held() []hub.Held {
+	out := make([]hub.Held, 0, r.count())
 	for i := range r.shards {
 		sh := &r.shards[i]
 		sh.mu.RLock()
 		for id, c := range sh.m {
-			out = append(out, Held{ID: id, ConnID: c.connID})
+			out = append(out, hub.Held{ID: id, ConnID: c.connID})
 		}
 		sh.mu.RUnlock()
 	}

@@ -41,6 +41,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/hub"
 	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
@@ -172,9 +173,6 @@ type Presence interface {
 	Connected(id, connID string)
 	Disconnected(id, connID string)
 }
-
-// Held is one id connected to this node, and its connection's id.
-type Held struct{ ID, ConnID string }
 
 // DefaultForwardHeaders is the default of Options.ForwardHeaders.
 var DefaultForwardHeaders = []string{"Origin", "Cookie", "Authorization", "User-Agent", "Sec-WebSocket-Protocol"}
@@ -484,7 +482,7 @@ func (s *Server) SetPresence(p Presence) { s.opts.Presence = p }
 
 // Held returns the ids connected to this node with their connections' ids,
 // in no order.
-func (s *Server) Held() []Held { return s.reg.held() }
+func (s *Server) Held() []hub.Held { return s.reg.held() }
 
 // Node returns this node's name: random, made at start, the prefix of its
 // connection ids.
