@@ -3,7 +3,6 @@ package main
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -16,15 +15,10 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"syscall"
 	"time"
 
 	"github.com/ws2api/ws2api/internal/bench"
-	"github.com/ws2api/ws2api/internal/cluster"
-	"github.com/ws2api/ws2api/internal/control"
-	"github.com/ws2api/ws2api/internal/gateway"
-	"github.com/ws2api/ws2api/internal/loop"
 	"github.com/ws2api/ws2api/internal/metrics"
 	"github.com/ws2api/ws2api/internal/upstream"
 )
@@ -104,221 +98,15 @@ func startGateway(ctx context.Context, cfg *config, stderr io.Writer) error {
 	return serve(ctx, cfg, log)
 }
 
+// serve builds a node from cfg, runs it until ctx ends (or a listener
+// fails), and drains it (node.go).
 func serve(ctx context.Context, cfg *config, log *slog.Logger) error {
-	m := metrics.New()
-	// One event loop for every socket: a message stays on one poller from
-	// the client to the API and back.
-	lp, err := loop.New("ws2api", cfg.pollers, int(cfg.maxOutgoing))
-	if err != nil {
+	n := &node{cfg: cfg, log: log, m: metrics.New()}
+	defer n.close()
+	if err := n.build(); err != nil {
 		return err
 	}
-	defer lp.Stop()
-	bases, err := cfg.backends()
-	if err != nil {
-		return err
-	}
-	probed := probeBackends(bases, log) // while the rest starts; "ws2api serving" waits for it
-
-	var gwReady atomic.Pointer[gateway.Server] // for OnRecover, which may run before gw exists
-	var backendGauges sync.Map                 // base URL -> func() removing its gauge
-	pool, err := upstream.NewPool(bases, upstream.PoolOptions{
-		Host: upstream.HostOptions{
-			Loop:         lp,
-			MaxConns:     cfg.maxConnsPerHost,
-			MaxIdle:      cfg.maxIdleConnsPerHost,
-			Timeout:      cfg.timeout,
-			MaxBodyBytes: max(int64(cfg.maxMessage), 16<<20),
-			Observer:     m,
-			Log:          log,
-		},
-		HealthPath: cfg.apiHealthPath,
-		OnChange: func(base string, e upstream.BackendEvent) {
-			switch e {
-			case upstream.BackendDown:
-				log.Warn("API backend out: its requests fail", "backend", base)
-			case upstream.BackendUp:
-				log.Info("API backend back", "backend", base)
-			case upstream.BackendAdded:
-				log.Info("API backend added", "backend", base)
-			case upstream.BackendRemoved:
-				log.Info("API backend removed", "backend", base)
-			}
-		},
-		OnRecover: func() {
-			if g := gwReady.Load(); g != nil {
-				g.RetryNow()
-			}
-		},
-	})
-	if err != nil {
-		return err
-	}
-	defer pool.Close()
-	trackBackends := func() {
-		serving := pool.Backends()
-		for base := range serving {
-			if _, ok := backendGauges.Load(base); !ok {
-				b := base
-				backendGauges.Store(b, m.Backend(b, func() bool { return pool.Backends()[b] }))
-			}
-		}
-		backendGauges.Range(func(k, v any) bool {
-			if _, ok := serving[k.(string)]; !ok {
-				v.(func())()
-				backendGauges.Delete(k)
-			}
-			return true
-		})
-	}
-	trackBackends()
-
-	var cert *certificate
-	var tlsConfig *tls.Config
-	if cfg.tlsCert != "" {
-		cert = &certificate{certFile: cfg.tlsCert, keyFile: cfg.tlsKey, caFile: cfg.tlsClientCA, clientAuth: tls.RequireAndVerifyClientCert}
-		if cfg.tlsClientAuth == "optional" {
-			cert.clientAuth = tls.VerifyClientCertIfGiven
-		}
-		leaf, err := cert.load()
-		if err != nil {
-			return err
-		}
-		tlsConfig = cert.serverConfig()
-		log.Info("TLS on the public listener", "subject", leaf.Subject.String(), "expires", leaf.NotAfter.UTC().Format(time.RFC3339),
-			"client_certificates", clientCertMode(cfg))
-	}
-
-	publicLn, err := net.Listen("tcp", cfg.listen)
-	if err != nil {
-		return fmt.Errorf("public listener: %w", err)
-	}
-	controlLn, err := net.Listen("tcp", cfg.control)
-	if err != nil {
-		publicLn.Close()
-		return fmt.Errorf("control listener: %w", err)
-	}
-	var demoPage, demoNote []byte
-	if cfg.demoPages != nil {
-		demoPage, demoNote = cfg.demoPages(publicLn.Addr(), controlLn.Addr())
-	}
-	gw, err := gateway.New(gateway.Options{
-		Loop:             lp,
-		API:              pool,
-		Retry:            upstream.RetryPolicy{Backoff: upstream.Backoff{First: cfg.retryFirst, Max: cfg.retryMax}, GiveUpAfter: cfg.retryGiveUp},
-		Logger:           log,
-		Metrics:          m,
-		MaxMessageBytes:  int64(cfg.maxMessage),
-		Compression:      cfg.compression == "on",
-		CompressMin:      max(int(cfg.compressMin), 1),
-		MaxPendingBytes:  int64(cfg.maxPending),
-		MaxPendingTotal:  int64(cfg.maxPendingTotal),
-		MaxOutgoingBytes: int(cfg.maxOutgoing),
-		MaxOutgoingTotal: int64(cfg.maxOutTotal),
-		MaxHeaderBytes:   int(cfg.maxHeader),
-		HandshakeTimeout: cfg.handshakeTimeout,
-		ForwardHeaders:   strings.Split(cfg.forwardHeaders, ","),
-		TrustedProxies:   cfg.trustedProxyList(),
-		MaxConns:         cfg.maxConns,
-		MaxConnecting:    cfg.maxConnecting,
-		MaxMessageRate:   cfg.maxMsgRate,
-		PingInterval:     cfg.pingInterval,
-		PingTimeout:      cfg.pingTimeout,
-		IdleTimeout:      cfg.idleTimeout,
-		Origins:          cfg.originList(),
-		TLS:              tlsConfig,
-		Page:             demoNote,
-	})
-	if err != nil {
-		publicLn.Close()
-		controlLn.Close()
-		return err
-	}
-	gwReady.Store(gw)
-
-	var bus *cluster.Bus
-	if cfg.redis != "" {
-		bus, err = cluster.New(cluster.Options{
-			URL: cfg.redis, Local: gw, Prefix: cfg.clusterPrefix, Timeout: cfg.relayTimeout, Logger: log, Metrics: m,
-		})
-		if err != nil {
-			publicLn.Close()
-			controlLn.Close()
-			gw.Shutdown(context.Background())
-			return err
-		}
-		defer bus.Close()
-		gw.SetPresence(bus)
-	}
-
-	ctlOpts := control.Options{Hub: gw, Metrics: m, Logger: log, MaxBodyBytes: int64(cfg.maxMessage), Token: cfg.controlToken,
-		Hosts: cfg.controlHostList(), Page: demoPage}
-	if bus != nil {
-		ctlOpts.Relay = bus
-	}
-	ctl := control.NewServer(lp, control.New(ctlOpts))
-	ctlDone := make(chan error, 1)
-	go func() { ctlDone <- ctl.Serve(controlLn) }()
-	gwDone := make(chan error, 1)
-	go func() { gwDone <- gw.Serve(publicLn) }()
-
-	probed.Wait()
-	if cfg.pipeline != 1 {
-		log.Warn("-pipeline is ignored: requests to the API go one at a time on each connection", "pipeline", cfg.pipeline)
-	}
-	log.Info("ws2api serving", "public", publicLn.Addr().String(), "control", controlLn.Addr().String(),
-		"api", strings.Join(bases, ","), "version", version, "tls", tlsConfig != nil,
-		"control_token", cfg.controlToken != "", "max_conns", gw.MaxConns(), "node", gw.Node(), "cluster", bus != nil)
-	if cfg.demoPages != nil {
-		log.Info("demo: open the page in a browser (Ctrl-C stops it)", "url", demoURL(controlLn.Addr()))
-	}
-	if cfg.controlToken == "" && !loopback(controlLn.Addr()) {
-		log.Warn("the control listener is not on a loopback address and has no -control-token: anyone who reaches it can push to, read and close every client",
-			"control", controlLn.Addr().String())
-	}
-
-	// SIGHUP reloads what can change without dropping a connection: the
-	// API backends listed in -api-file.
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-
-	var runErr error
-wait:
-	for {
-		select {
-		case <-ctx.Done():
-			break wait
-		case <-hup:
-			reload(cfg, pool, cert, log)
-			trackBackends()
-		case runErr = <-gwDone:
-			runErr = fmt.Errorf("public listener: %w", runErr)
-			break wait
-		case runErr = <-ctlDone:
-			runErr = fmt.Errorf("control listener: %w", runErr)
-			break wait
-		}
-	}
-
-	log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
-	drainCtx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
-	defer cancel()
-	start := time.Now()
-	var cut *gateway.DrainError
-	switch err := gw.Shutdown(drainCtx); {
-	case err == nil:
-		log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
-	case errors.As(err, &cut) && cut.Lost():
-		log.Error("drain timed out: undelivered messages and DELETEs dropped", "messages", cut.Messages, "bytes", cut.Bytes,
-			"deletes", cut.Deletes, "clients", cut.Clients, "drain_timeout", cfg.drainTimeout.String())
-		if runErr == nil {
-			runErr = errUndelivered
-		}
-	default:
-		log.Warn("drain incomplete", "error", err)
-	}
-	_ = ctl.Close()
-	return runErr // then bus.Close: the shutdown's disconnects reach Redis
+	return n.run(ctx)
 }
 
 // probeTimeout bounds the start-up probe of each API backend.

@@ -80,6 +80,10 @@ type Options struct {
 	Metrics     *metrics.Metrics
 }
 
+// Defaults are the values Options' zero fields take, and the flags'
+// defaults.
+var Defaults = Options{Prefix: "ws2api:", Timeout: 2 * time.Second, PresenceTTL: 10 * time.Minute}
+
 // Bus is one node's connection to the cluster.
 type Bus struct {
 	opts Options
@@ -115,13 +119,13 @@ func New(opts Options) (*Bus, error) {
 		return nil, fmt.Errorf("cluster: redis url: %v", redactErr(err, opts.URL))
 	}
 	if opts.Prefix == "" {
-		opts.Prefix = "ws2api:"
+		opts.Prefix = Defaults.Prefix
 	}
 	if opts.Timeout <= 0 {
-		opts.Timeout = 2 * time.Second
+		opts.Timeout = Defaults.Timeout
 	}
 	if opts.PresenceTTL <= 0 {
-		opts.PresenceTTL = 10 * time.Minute
+		opts.PresenceTTL = Defaults.PresenceTTL
 	}
 	if opts.Logger == nil {
 		opts.Logger = slog.Default()

@@ -4,9 +4,10 @@ import (
 	"bufio"
 	"bytes"
 	"errors"
+	"maps"
 	"net"
 	"net/http"
-	"strconv"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -404,29 +405,15 @@ func (c *ctlConn) flushLocked() {
 
 // appendResult encodes a result as an HTTP/1.1 answer.
 func appendResult(b []byte, r result, closeAfter bool) []byte {
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(r.status), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(r.status)...)
-	b = append(b, "\r\nContent-Type: "...)
-	b = append(b, r.contentType()...)
+	var fields [2]http1.Header
+	header := fields[:0]
 	if r.allow != "" {
-		b = append(b, "\r\nAllow: "...)
-		b = append(b, r.allow...)
+		header = append(header, http1.Header{Name: "Allow", Value: r.allow})
 	}
 	if r.header[0] != "" {
-		b = append(b, "\r\n"...)
-		b = append(b, r.header[0]...)
-		b = append(b, ": "...)
-		b = append(b, r.header[1]...)
+		header = append(header, http1.Header{Name: r.header[0], Value: r.header[1]})
 	}
-	if closeAfter {
-		b = append(b, "\r\nConnection: close"...)
-	}
-	b = append(b, "\r\nContent-Length: "...)
-	b = strconv.AppendInt(b, int64(len(r.body)), 10)
-	b = append(b, "\r\n\r\n"...)
-	return append(b, r.body...)
+	return http1.AppendResponse(b, &http1.Response{Status: r.status, ContentType: r.contentType(), Header: header, Close: closeAfter, Body: r.body})
 }
 
 // recorder collects what a net/http handler writes.
@@ -453,24 +440,18 @@ func (r *recorder) Write(p []byte) (int, error) {
 func (r *recorder) Flush() {}
 
 func (r *recorder) appendTo(b []byte, closeAfter bool) []byte {
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(r.status), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(r.status)...)
-	b = append(b, "\r\n"...)
-	r.header.Del("Content-Length")
-	r.header.Del("Transfer-Encoding")
-	if closeAfter {
-		r.header.Set("Connection", "close")
+	resp := http1.Response{Status: r.status, ContentType: r.header.Get("Content-Type"), Close: closeAfter, Body: r.body.Bytes()}
+	if resp.ContentType == "" && r.body.Len() > 0 {
+		resp.ContentType = http.DetectContentType(r.body.Bytes())
 	}
-	if r.header.Get("Content-Type") == "" && r.body.Len() > 0 {
-		r.header.Set("Content-Type", http.DetectContentType(r.body.Bytes()))
+	for _, name := range slices.Sorted(maps.Keys(r.header)) {
+		switch name {
+		case "Content-Type", "Content-Length", "Transfer-Encoding", "Connection":
+			continue
+		}
+		for _, v := range r.header[name] {
+			resp.Header = append(resp.Header, http1.Header{Name: name, Value: v})
+		}
 	}
-	var hb bytes.Buffer
-	_ = r.header.Write(&hb)
-	b = append(b, hb.Bytes()...)
-	b = append(b, "Content-Length: "...)
-	b = strconv.AppendInt(b, int64(r.body.Len()), 10)
-	b = append(b, "\r\n\r\n"...)
-	return append(b, r.body.Bytes()...)
+	return http1.AppendResponse(b, &resp)
 }

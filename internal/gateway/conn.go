@@ -27,6 +27,9 @@ const (
 	stClosed                       // the socket is closed
 )
 
+// retryAfter is the header of a 503 that a client may retry soon.
+var retryAfter = http1.Header{Name: "Retry-After", Value: "5"}
+
 // closeInfo says why a connection ended: the code and reason the API gets
 // in its DELETE, and the cause counted in ws2api_closes_total.
 type closeInfo struct {
@@ -195,14 +198,14 @@ func (c *conn) readHeadLocked(data []byte) {
 	if s.admitted.Add(1) > int64(s.opts.MaxConns) {
 		s.admitted.Add(-1)
 		s.warn.Warn(s.log, "connection refused: -max-conns reached", "max_conns", s.opts.MaxConns)
-		c.rejectLocked(&reject{status: 503, text: "too many connections", header: "Retry-After: 5\r\n"})
+		c.rejectLocked(&reject{status: 503, text: "too many connections", header: retryAfter})
 		return
 	}
 	if s.connecting.Add(1) > int64(s.opts.MaxConnecting) {
 		s.connecting.Add(-1)
 		s.admitted.Add(-1)
 		s.warn.Warn(s.log, "connection refused: -max-connecting upgrades already wait for the API", "max_connecting", s.opts.MaxConnecting)
-		c.rejectLocked(&reject{status: 503, text: "too many upgrades waiting for the API", header: "Retry-After: 5\r\n"})
+		c.rejectLocked(&reject{status: 503, text: "too many upgrades waiting for the API", header: retryAfter})
 		return
 	}
 	c.admitted = true

@@ -177,6 +177,24 @@ type Presence interface {
 // DefaultForwardHeaders is the default of Options.ForwardHeaders.
 var DefaultForwardHeaders = []string{"Origin", "Cookie", "Authorization", "User-Agent", "Sec-WebSocket-Protocol"}
 
+// Defaults are the values Options' zero fields take, and the flags'
+// defaults (cmd/ws2api): each is written here only. (The flags also turn on
+// what a library user gets only by asking: a 30 s ping, a message rate.)
+var Defaults = Options{
+	MaxMessageBytes:  1 << 20,
+	CompressMin:      DefaultCompressMin,
+	MaxPendingBytes:  5 << 20,
+	MaxPendingTotal:  1 << 30,
+	MaxOutgoingBytes: 4 << 20,
+	MaxOutgoingTotal: 1 << 30,
+	MaxHeaderBytes:   8 << 10,
+	HandshakeTimeout: 10 * time.Second,
+	CloseTimeout:     3 * time.Second,
+	MaxConnecting:    4096,
+	PingTimeout:      20 * time.Second,
+	ForwardHeaders:   DefaultForwardHeaders,
+}
+
 func (o Options) withDefaults() (Options, error) {
 	if o.API == nil {
 		return o, errors.New("gateway: Options.API is required")
@@ -188,39 +206,40 @@ func (o Options) withDefaults() (Options, error) {
 	if o.Metrics == nil {
 		o.Metrics = metrics.New()
 	}
+	d := Defaults
 	if o.MaxMessageBytes <= 0 {
-		o.MaxMessageBytes = 1 << 20
+		o.MaxMessageBytes = d.MaxMessageBytes
 	}
 	if o.CompressMin == 0 {
-		o.CompressMin = DefaultCompressMin
+		o.CompressMin = d.CompressMin
 	}
 	if o.MaxPendingBytes <= 0 {
-		o.MaxPendingBytes = 5 << 20
+		o.MaxPendingBytes = d.MaxPendingBytes
 	}
 	if o.MaxPendingTotal <= 0 {
-		o.MaxPendingTotal = 1 << 30
+		o.MaxPendingTotal = d.MaxPendingTotal
 	}
 	if o.MaxOutgoingBytes <= 0 {
-		o.MaxOutgoingBytes = 4 << 20
+		o.MaxOutgoingBytes = d.MaxOutgoingBytes
 	}
 	if o.MaxHeaderBytes <= 0 {
-		o.MaxHeaderBytes = 8 << 10
+		o.MaxHeaderBytes = d.MaxHeaderBytes
 	}
 	if o.HandshakeTimeout <= 0 {
-		o.HandshakeTimeout = 10 * time.Second
+		o.HandshakeTimeout = d.HandshakeTimeout
 	}
 	if o.CloseTimeout <= 0 {
-		o.CloseTimeout = 3 * time.Second
+		o.CloseTimeout = d.CloseTimeout
 	}
 	if o.ForwardHeaders == nil {
-		o.ForwardHeaders = DefaultForwardHeaders
+		o.ForwardHeaders = d.ForwardHeaders
 	}
 	var err error
 	if o.ForwardHeaders, err = forwardHeaders(o.ForwardHeaders); err != nil {
 		return o, err
 	}
 	if o.MaxOutgoingTotal <= 0 {
-		o.MaxOutgoingTotal = 1 << 30
+		o.MaxOutgoingTotal = d.MaxOutgoingTotal
 	}
 	if o.Pollers <= 0 {
 		o.Pollers = runtime.NumCPU()
@@ -229,13 +248,13 @@ func (o Options) withDefaults() (Options, error) {
 		o.MaxConns = DefaultMaxConns()
 	}
 	if o.MaxConnecting <= 0 {
-		o.MaxConnecting = 4096
+		o.MaxConnecting = d.MaxConnecting
 	}
 	if o.MaxMessageRate < 0 || o.PingInterval < 0 || o.IdleTimeout < 0 {
 		return o, errors.New("gateway: MaxMessageRate, PingInterval and IdleTimeout must not be negative")
 	}
 	if o.PingTimeout <= 0 {
-		o.PingTimeout = 20 * time.Second
+		o.PingTimeout = d.PingTimeout
 	}
 	return o, nil
 }

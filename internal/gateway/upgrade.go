@@ -3,7 +3,6 @@ package gateway
 import (
 	"crypto/x509"
 	"net/http"
-	"strconv"
 	"strings"
 
 	"github.com/ws2api/ws2api/internal/http1"
@@ -28,7 +27,7 @@ type handshake struct {
 type reject struct {
 	status   int
 	text     string // one line for the client
-	header   string // extra header lines, each ending in \r\n
+	header   http1.Header // one more header field, if Name is set
 	verbatim bool   // text is the API's own answer: sent as it is
 	html     bool   // text is Options.Page
 }
@@ -47,7 +46,7 @@ func (s *Server) page(head []byte) *reject {
 		return nil
 	}
 	return &reject{status: http.StatusOK, text: string(s.opts.Page), verbatim: true, html: true,
-		header: "Cache-Control: no-store\r\n"}
+		header: http1.Header{Name: "Cache-Control", Value: "no-store"}}
 }
 
 func badRequest(text string) *reject { return &reject{status: http.StatusBadRequest, text: text} }
@@ -73,7 +72,7 @@ func (s *Server) parseUpgrade(b []byte, connID, remoteIP string, certs []*x509.C
 	}
 	if h.Get("Sec-Websocket-Version") != "13" {
 		return nil, &reject{status: http.StatusBadRequest, text: "unsupported WebSocket version: only 13 is spoken",
-			header: "Sec-WebSocket-Version: 13\r\n"}
+			header: http1.Header{Name: "Sec-WebSocket-Version", Value: "13"}}
 	}
 	key := h.Get("Sec-Websocket-Key")
 	if !ws.ValidKey(key) {
@@ -149,20 +148,14 @@ func appendReject(b []byte, r *reject) []byte {
 	if !r.verbatim {
 		text = "ws2api: " + text + "\n"
 	}
-	b = append(b, "HTTP/1.1 "...)
-	b = strconv.AppendInt(b, int64(r.status), 10)
-	b = append(b, ' ')
-	b = append(b, http.StatusText(r.status)...)
+	resp := http1.Response{Status: r.status, ContentType: "text/plain; charset=utf-8", Close: true, Body: []byte(text)}
 	if r.html {
-		b = append(b, "\r\nContent-Type: text/html; charset=utf-8\r\nContent-Length: "...)
-	} else {
-		b = append(b, "\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: "...)
+		resp.ContentType = "text/html; charset=utf-8"
 	}
-	b = strconv.AppendInt(b, int64(len(text)), 10)
-	b = append(b, "\r\nConnection: close\r\n"...)
-	b = append(b, r.header...)
-	b = append(b, "\r\n"...)
-	return append(b, text...)
+	if r.header.Name != "" {
+		resp.Header = []http1.Header{r.header}
+	}
+	return http1.AppendResponse(b, &resp)
 }
 
 // appendSwitching encodes the 101 answer that completes an upgrade.

@@ -53,24 +53,35 @@ type HostOptions struct {
 	outcome func(Outcome)
 }
 
+// HostDefaults are the values HostOptions' zero fields take (MaxIdle's is
+// MaxConns), and the flags' defaults.
+var HostDefaults = HostOptions{
+	MaxConns:     256,
+	Timeout:      60 * time.Second,
+	IdleTimeout:  30 * time.Second,
+	DialTimeout:  5 * time.Second,
+	MaxBodyBytes: 16 << 20,
+}
+
 func (o HostOptions) withDefaults() HostOptions {
+	d := HostDefaults
 	if o.MaxConns <= 0 {
-		o.MaxConns = 256
+		o.MaxConns = d.MaxConns
 	}
 	if o.MaxIdle <= 0 {
 		o.MaxIdle = o.MaxConns
 	}
 	if o.Timeout <= 0 {
-		o.Timeout = 60 * time.Second
+		o.Timeout = d.Timeout
 	}
 	if o.IdleTimeout <= 0 {
-		o.IdleTimeout = 30 * time.Second
+		o.IdleTimeout = d.IdleTimeout
 	}
 	if o.DialTimeout <= 0 {
-		o.DialTimeout = 5 * time.Second
+		o.DialTimeout = d.DialTimeout
 	}
 	if o.MaxBodyBytes <= 0 {
-		o.MaxBodyBytes = 16 << 20
+		o.MaxBodyBytes = d.MaxBodyBytes
 	}
 	return o
 }

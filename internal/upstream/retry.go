@@ -13,12 +13,19 @@ type Backoff struct {
 	Max   time.Duration // default 5s
 }
 
+// RetryDefaults are the values RetryPolicy's zero fields take, and the
+// flags' defaults.
+var RetryDefaults = RetryPolicy{
+	Backoff:     Backoff{First: 100 * time.Millisecond, Max: 5 * time.Second},
+	GiveUpAfter: 5 * time.Minute,
+}
+
 func (b Backoff) withDefaults() Backoff {
 	if b.First <= 0 {
-		b.First = 100 * time.Millisecond
+		b.First = RetryDefaults.Backoff.First
 	}
 	if b.Max <= 0 {
-		b.Max = 5 * time.Second
+		b.Max = RetryDefaults.Backoff.Max
 	}
 	if b.Max < b.First {
 		b.Max = b.First
@@ -56,7 +63,7 @@ type RetryPolicy struct {
 func (p RetryPolicy) WithDefaults() RetryPolicy {
 	p.Backoff = p.Backoff.withDefaults()
 	if p.GiveUpAfter <= 0 {
-		p.GiveUpAfter = 5 * time.Minute
+		p.GiveUpAfter = RetryDefaults.GiveUpAfter
 	}
 	return p
 }
