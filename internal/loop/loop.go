@@ -7,7 +7,9 @@
 // delivered and when it closed, on the poller goroutine that owns the
 // socket. [Loop.Later] runs a task on a poller's next turn; New uses it to
 // know that every poller runs before it returns (nbio loses a Stop that
-// comes earlier).
+// comes earlier). nbio has no way to run a task on a chosen poller: Later
+// rides on one socket per poller, placed by nbio's placement rule (see
+// [trigger]).
 package loop
 
 import (
@@ -50,7 +52,6 @@ type Task interface {
 type Loop struct {
 	engine *nbio.Engine
 	later  []*trigger // by poller
-	bufs   [][]byte   // read buffers, by poller
 
 	mu     sync.Mutex
 	accept func(*nbio.Conn) Handler
@@ -66,12 +67,8 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 	}
 	setNBIOLogger()
 	l := &Loop{}
-	l.engine = nbio.NewEngine(nbio.Config{Name: name, NPoller: pollers, MaxWriteBufferSize: maxWriteBuffer})
+	l.engine = nbio.NewEngine(nbio.Config{Name: name, NPoller: pollers, ReadBufferSize: readBufferSize, MaxWriteBufferSize: maxWriteBuffer})
 	l.engine.OnOpen(l.onOpen)
-	l.bufs = make([][]byte, pollers)
-	for i := range l.bufs {
-		l.bufs[i] = make([]byte, readBufferSize)
-	}
 	l.engine.OnRead(l.onRead)
 	l.engine.OnWrittenSize(func(c *nbio.Conn, _ []byte, n int) {
 		if w, ok := c.Session().(WriteObserver); ok {
@@ -88,7 +85,9 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 	}
 	if err := l.startTriggers(); err != nil {
 		// A poller not yet running would miss the Stop (see below): give
-		// them time to start.
+		// them time to start. No event can replace this sleep: the pollers
+		// at risk are those no trigger reached, and nothing of ours is on
+		// them to report that they run (see trigger).
 		time.Sleep(100 * time.Millisecond)
 		l.engine.Stop()
 		return nil, err
@@ -130,7 +129,8 @@ func (l *Loop) waitPollers(timeout time.Duration) error {
 	return nil
 }
 
-// readBufferSize is what one read takes at most (nbio's default).
+// readBufferSize is what one read takes at most (nbio's default), into
+// the buffer of the poller that reads.
 const readBufferSize = 64 << 10
 
 // readsPerTurn bounds the reads one socket gets in a poller's turn while
@@ -146,7 +146,7 @@ const readsPerTurn = 3
 // would be lost. Here a socket whose peer has hung up is read to its end
 // first; nbio's close that follows then loses nothing.
 func (l *Loop) onRead(c *nbio.Conn) {
-	buf := l.bufs[c.Hash()%len(l.bufs)] // nbio places a socket on poller fd % pollers
+	buf := l.engine.PollerBuffer(c) // c's poller's, unused by nbio once OnRead is set
 	h, _ := c.Session().(Handler)
 	for i := 1; ; i++ {
 		_, n, err := c.ReadAndGetConn(&buf)
@@ -321,8 +321,49 @@ func (l *Loop) Stop() {
 // whose reading end lives on that poller. Queuing the first task writes a
 // byte to it; the poller reads the byte on its next turn and runs the
 // tasks.
+//
+// Triggers are a workaround for nbio v1.6.12 (go.mod), which offers no way
+// to run a function on a chosen poller's goroutine. What they must
+// guarantee: a task given to Later(p) runs on the goroutine of the poller
+// that owns every socket whose descriptor % pollers is p, and the triggers
+// of the pollers 0 to n-1 sit on n different pollers. New needs the second
+// half: nbio's (*poller).readWriteLoop (poller_epoll.go) sets
+// `p.shutdown = false` as its goroutine starts, so a (*poller).stop that
+// comes first is lost and the poller spins on its eventfd for ever (Stop
+// then waits for it for ever); only a poller that has run one of our tasks
+// is known to be past that line, and only if every poller has a trigger
+// of its own does a task run by each trigger mean that every poller has.
+//
+// The placement rule it relies on: nbio's (*Engine).AddConn (engine.go)
+// puts a connection on `g.pollers[c.Hash()%len(g.pollers)]` (the same
+// expression as in (*Engine).addDialer, and in (*poller).acceptorLoop for
+// nbio's own listeners), where (*Conn).Hash (conn_unix.go) is the
+// descriptor, which dupStdConn (net_unix.go) got from syscall.Dup: the
+// lowest one free. placement says it once; startTriggers files a trigger
+// under placement(descriptor) and steers descriptors onto the pollers
+// still without one. Were nbio to place connections otherwise (round
+// robin, by load), a trigger would serve a poller other than the one it is
+// filed under, two could share one, and New could return before a poller
+// ran, for a Stop to hang later: TestTriggersAreOnThePollersTheyAreFiledUnder
+// fails then. Nothing else here depends on the rule (onRead reads into
+// nbio's buffer of the poller that reads).
+//
+// New's 100 ms sleep (since startTriggers could fail, 5a4fd39) is on that
+// failure path only: it gives the pollers no trigger reached time to start
+// before the Stop. It cannot become a wait for an event, since nothing of
+// ours is on those pollers to report that they run.
+//
+// What would let the workaround go: a per-poller task API in nbio, say
+// (*Engine).ExecuteOn(i int, f func()), queuing f for poller i and waking
+// it through the eventfd each poller already has (today written only by
+// stop). Later would call it; trigger, startTriggers, placement, missing,
+// steer and newTrigger would go, and so would the sleep, since every
+// poller could then be waited for. (readWriteLoop leaving shutdown as
+// newPoller made it, false, instead of clearing it, would make an early
+// Stop safe and remove the need to wait at all.)
 type trigger struct {
-	w     int // writing end
+	c     *nbio.Conn // reading end, on the poller the trigger serves
+	w     int        // writing end
 	mu    sync.Mutex
 	tasks []Task
 	spare []Task
@@ -367,11 +408,11 @@ func (t *trigger) OnData(_ *nbio.Conn, _ []byte) {
 func (t *trigger) OnClose(*nbio.Conn, error) {}
 
 // startTriggers gives every poller a trigger of its own. nbio places a
-// connection on poller fd % pollers, and descriptors are handed out lowest
-// first, so a run of socketpairs can keep landing on the same poller: after
-// a miss, steer holds spare descriptors until the next one made should land
-// on a poller still without a trigger. Every poller must have one: New
-// waits on them to know each poller runs.
+// connection on poller fd % pollers (see trigger), and descriptors are
+// handed out lowest first, so a run of socketpairs can keep landing on the
+// same poller: after a miss, steer holds spare descriptors until the next
+// one made should land on a poller still without a trigger. Every poller
+// must have one: New waits on them to know each poller runs.
 func (l *Loop) startTriggers() error {
 	n := l.engine.NPoller
 	l.later = make([]*trigger, n)
@@ -398,7 +439,7 @@ func (l *Loop) startTriggers() error {
 		if lowest >= 0 {
 			offset = nc.Hash() - lowest // learn how far past the lowest free descriptor a trigger lands
 		}
-		if p := nc.Hash() % n; l.later[p] == nil {
+		if p := placement(nc.Hash(), n); l.later[p] == nil {
 			l.later[p] = t
 			found++
 			continue
@@ -415,6 +456,10 @@ func (l *Loop) startTriggers() error {
 	return nil
 }
 
+// placement is the poller, of n, that nbio puts a socket with descriptor fd
+// on: nbio v1.6.12's rule (see trigger).
+func placement(fd, n int) int { return fd % n }
+
 // missing returns the first poller without a trigger.
 func (l *Loop) missing() int {
 	for p, t := range l.later {
@@ -426,14 +471,15 @@ func (l *Loop) missing() int {
 }
 
 // steer takes descriptors (duplicates of fd) until the lowest free one, d,
-// satisfies (d+offset) % n == want, and returns d (-1 if it gave up).
+// is such that a trigger made next, landing offset past it, goes to poller
+// want, and returns d (-1 if it gave up).
 func steer(fd, want, offset, n int, held *[]int) int {
 	for range n {
 		d, err := syscall.Dup(fd)
 		if err != nil {
 			return -1
 		}
-		if (d+offset)%n == want {
+		if placement(d+offset, n) == want {
 			syscall.Close(d)
 			return d
 		}
@@ -460,5 +506,6 @@ func (l *Loop) newTrigger() (*trigger, *nbio.Conn, error) {
 		syscall.Close(fds[0])
 		return nil, nil, fmt.Errorf("event loop trigger: %w", err)
 	}
+	t.c = nc
 	return t, nc, nil
 }

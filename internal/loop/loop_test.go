@@ -51,6 +51,63 @@ func TestEveryPollerHasItsTrigger(t *testing.T) {
 	}
 }
 
+// Each poller's trigger is on the nbio poller that startTriggers filed it
+// under: nbio v1.6.12 places a connection on poller descriptor % pollers
+// (engine.go, (*Engine).AddConn), placement assumes so, and Later and New
+// rely on it (see trigger). The triggers sit on as many nbio pollers as
+// there are, and every connection, whatever its descriptor, is on the
+// poller of the trigger filed under placement(descriptor). nbio shows
+// which poller a connection is on through PollerBuffer, one buffer per
+// poller.
+func TestTriggersAreOnThePollersTheyAreFiledUnder(t *testing.T) {
+	for _, pollers := range []int{2, 3, 4} {
+		l, err := New("t", pollers, 0)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pollerOf := func(c *nbio.Conn) *byte { return &l.engine.PollerBuffer(c)[0] }
+		filed := map[*byte]int{}
+		for p, tr := range l.later {
+			if q, ok := filed[pollerOf(tr.c)]; ok {
+				l.Stop()
+				t.Fatalf("%d pollers: the triggers filed under pollers %d and %d are on the same nbio poller", pollers, q, p)
+			}
+			filed[pollerOf(tr.c)] = p
+		}
+		// Descriptors come lowest first, so connections made one after the
+		// other can keep the same remainder: after a remainder seen before,
+		// one more descriptor held shifts the next.
+		seen := map[int]bool{}
+		for range 8 * pollers {
+			nb, _ := pair(t, l, &recorder{closed: make(chan error, 1)})
+			p := placement(nb.Hash(), pollers)
+			if got, ok := filed[pollerOf(nb)]; !ok {
+				l.Stop()
+				t.Fatalf("%d pollers: a connection with descriptor %d is on an nbio poller without a trigger", pollers, nb.Hash())
+			} else if got != p {
+				l.Stop()
+				t.Fatalf("%d pollers: a connection with descriptor %d is on the poller of trigger %d, not %d", pollers, nb.Hash(), got, p)
+			}
+			if !seen[p] {
+				seen[p] = true
+				if len(seen) == pollers {
+					break
+				}
+				continue
+			}
+			fd, err := syscall.Open(os.DevNull, syscall.O_RDONLY|syscall.O_CLOEXEC, 0)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { syscall.Close(fd) })
+		}
+		l.Stop()
+		if len(seen) < pollers {
+			t.Fatalf("%d pollers: the connections made reached only %d of them", pollers, len(seen))
+		}
+	}
+}
+
 // recorder is a Handler that keeps what arrived and reports the close.
 type recorder struct {
 	mu     sync.Mutex
