@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"runtime"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -164,7 +165,8 @@ func TestBinaryServesEveryFlowAndExitsCleanlyOnSIGTERM(t *testing.T) {
 	if _, got := testkit.Read(t, c, 5*time.Second); got != "pushed" {
 		t.Fatalf("push received as %q", got)
 	}
-	if status, body := get(t, p.control+"/metrics"); status != 200 || !strings.Contains(body, "connections_opened 1") {
+	if status, body := get(t, p.control+"/metrics"); status != 200 || !strings.Contains(body, "connections_opened 1") ||
+		!strings.Contains(body, `ws2api_build_info{version="dev",go="`+runtime.Version()+`"} 1`) {
 		t.Fatalf("metrics: %d\n%s", status, body)
 	}
 	if status, _ := get(t, p.control+"/healthz"); status != 200 {

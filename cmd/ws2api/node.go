@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"os/signal"
+	"runtime"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -55,6 +56,7 @@ type node struct {
 // build makes the pieces. On an error, close takes down those made.
 func (n *node) build() error {
 	var err error
+	n.m.BuildInfo(version, runtime.Version())
 	// One event loop for every socket: a message stays on one poller from
 	// the client to the API and back.
 	if n.lp, err = loop.New("ws2api", n.cfg.pollers, int(n.cfg.maxOutgoing)); err != nil {

@@ -203,6 +203,13 @@ func (m *Metrics) Finished(method string, d time.Duration, delivered bool) {
 	}
 }
 
+// BuildInfo exposes ws2api_build_info{version, go} 1: which binary serves
+// (after an upgrade, the new one's).
+func (m *Metrics) BuildInfo(version, goVersion string) {
+	m.declare("ws2api_build_info", "gauge", "1, labelled with the version of ws2api serving and the Go release it was built with.")
+	m.set.NewGauge(fmt.Sprintf(`ws2api_build_info{version=%q,go=%q}`, version, goVersion), func() float64 { return 1 })
+}
+
 // Call counts one synchronous call to a client, by outcome.
 func (m *Metrics) Call(outcome string) {
 	if c := m.Calls[outcome]; c != nil {
