@@ -69,19 +69,27 @@ func dialCert(url string, roots *x509.CertPool, cert *testkit.Cert, header http.
 	return c, err
 }
 
-func TestClientCertificatesVerifiedByTheGateway(t *testing.T) {
-	t.Parallel()
-	api := testkit.NewAPI(t)
+// startMTLS runs the gateway serving wss with a fresh server certificate,
+// verifying client certificates against ca's, whose file it returns.
+func startMTLS(t *testing.T, api *testkit.API, ca *testkit.CA, extra ...string) (p *proc, server *testkit.Cert, caFile string) {
+	t.Helper()
 	dir := t.TempDir()
-	server := testkit.NewCert(t, "gateway")
-	root := testkit.NewCA(t, "charging network")
-	sub := root.Intermediate(t, "charging network, chargers")
-	other := testkit.NewCA(t, "someone else")
+	server = testkit.NewCert(t, "gateway")
 	certFile, keyFile, caFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
 	writeFile(t, certFile, server.CertPEM)
 	writeFile(t, keyFile, server.KeyPEM)
-	writeFile(t, caFile, root.CertPEM)
-	p := start(t, nil, "-api", api.URL(), "-tls-cert", certFile, "-tls-key", keyFile, "-tls-client-ca", caFile)
+	writeFile(t, caFile, ca.CertPEM)
+	args := append([]string{"-api", api.URL(), "-tls-cert", certFile, "-tls-key", keyFile, "-tls-client-ca", caFile}, extra...)
+	return start(t, nil, args...), server, caFile
+}
+
+func TestClientCertificatesVerifiedByTheGateway(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	root := testkit.NewCA(t, "charging network")
+	sub := root.Intermediate(t, "charging network, chargers")
+	other := testkit.NewCA(t, "someone else")
+	p, server, caFile := startMTLS(t, api, root)
 	url := "wss://" + p.public + "/"
 
 	// A charger with a certificate from the network's intermediate CA,
@@ -146,14 +154,8 @@ func TestClientCertificatesVerifiedByTheGateway(t *testing.T) {
 func TestClientCertificatesOptional(t *testing.T) {
 	t.Parallel()
 	api := testkit.NewAPI(t)
-	dir := t.TempDir()
-	server := testkit.NewCert(t, "gateway")
 	ca := testkit.NewCA(t, "network")
-	certFile, keyFile, caFile := filepath.Join(dir, "cert.pem"), filepath.Join(dir, "key.pem"), filepath.Join(dir, "ca.pem")
-	writeFile(t, certFile, server.CertPEM)
-	writeFile(t, keyFile, server.KeyPEM)
-	writeFile(t, caFile, ca.CertPEM)
-	p := start(t, nil, "-api", api.URL(), "-tls-cert", certFile, "-tls-key", keyFile, "-tls-client-ca", caFile, "-tls-client-auth", "optional")
+	p, server, _ := startMTLS(t, api, ca, "-tls-client-auth", "optional")
 	url := "wss://" + p.public + "/"
 
 	// Without a certificate a client connects, and no Client-Cert reaches

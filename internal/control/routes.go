@@ -219,16 +219,25 @@ func (h *Handler) push(ops clientOps, r *request) result {
 		return *bad
 	}
 	_, err := ops.Do(hub.Op{Kind: hub.KindPush, ID: id, Binary: binary, Data: r.body})
-	if res, failed := busFailure(id, err); failed {
+	if res, failed := clientFailure(id, err); failed {
 		return res
 	}
-	switch {
-	case errors.Is(err, hub.ErrNotConnected):
-		return resultNotFound
-	case err != nil:
+	if err != nil {
 		return text(http.StatusInternalServerError, err.Error())
 	}
 	return resultOK
+}
+
+// clientFailure answers an operation on id that reached no client: the bus
+// could not carry it (503, 504), or the id is connected nowhere (404).
+func clientFailure(id string, err error) (result, bool) {
+	if res, failed := busFailure(id, err); failed {
+		return res, true
+	}
+	if errors.Is(err, hub.ErrNotConnected) {
+		return resultNotFound, true
+	}
+	return result{}, false
 }
 
 // maxAwait bounds ?await=: OCPP's own call timeouts are tens of seconds.
@@ -278,7 +287,7 @@ func (h *Handler) call(ops clientOps, id, await string, r *request) result {
 		return *bad
 	}
 	got, err := ops.Do(hub.Op{Kind: hub.KindCall, ID: id, Binary: binary, Data: r.body, Wait: wait})
-	if res, failed := busFailure(id, err); failed {
+	if res, failed := clientFailure(id, err); failed {
 		return res
 	}
 	switch {
@@ -290,8 +299,6 @@ func (h *Handler) call(ops clientOps, id, await string, r *request) result {
 		return result{status: http.StatusOK, ctype: ctype, body: got.Answer.Data}
 	case errors.Is(err, hub.ErrNotACall):
 		return text(http.StatusBadRequest, err.Error())
-	case errors.Is(err, hub.ErrNotConnected):
-		return resultNotFound
 	case errors.Is(err, hub.ErrClientGone):
 		return text(http.StatusGone, err.Error())
 	case errors.Is(err, hub.ErrCallTimeout):
@@ -371,12 +378,10 @@ func (h *Handler) groupOp(ops clientOps, r *request, kind hub.Kind) result {
 		return *bad
 	}
 	got, err := ops.Do(hub.Op{Kind: kind, ID: id, Group: r.group})
-	if res, failed := busFailure(id, err); failed {
+	if res, failed := clientFailure(id, err); failed {
 		return res
 	}
 	switch {
-	case errors.Is(err, hub.ErrNotConnected):
-		return resultNotFound
 	case err != nil:
 		return text(http.StatusBadRequest, "bad group: "+err.Error())
 	case kind == hub.KindLeave && !got.Was:
@@ -399,12 +404,10 @@ func (h *Handler) meta(ops clientOps, r *request) result {
 		return text(http.StatusBadRequest, "meta value: http: request body too large")
 	}
 	_, err := ops.Do(hub.Op{Kind: hub.KindMeta, ID: id, Name: r.name, Value: strings.TrimSpace(string(r.body)), Remove: r.method == http.MethodDelete})
-	if res, failed := busFailure(id, err); failed {
+	if res, failed := clientFailure(id, err); failed {
 		return res
 	}
 	switch {
-	case errors.Is(err, hub.ErrNotConnected):
-		return resultNotFound
 	case errors.Is(err, hub.ErrBadMeta):
 		return text(http.StatusBadRequest, "bad meta header: the name must be a header token, the value one line of at most 8 KiB")
 	case err != nil:

@@ -26,10 +26,10 @@ type handshake struct {
 // reject is an answer to a request that will not be upgraded.
 type reject struct {
 	status   int
-	text     string // one line for the client
+	text     string       // one line for the client
 	header   http1.Header // one more header field, if Name is set
-	verbatim bool   // text is the API's own answer: sent as it is
-	html     bool   // text is Options.Page
+	verbatim bool         // text is the API's own answer: sent as it is
+	html     bool         // text is Options.Page
 }
 
 // page answers a plain GET / with Options.Page, if there is one; nil for
