@@ -50,6 +50,7 @@ type config struct {
 
 	handshakeTimeout time.Duration
 	drainTimeout     time.Duration
+	upgradeTimeout   time.Duration
 	forwardHeaders   string
 	trustedProxies   string
 
@@ -98,7 +99,7 @@ var flagGroups = []struct {
 	{"Requests to the API", []string{"api-health-path", "max-conns-per-host", "max-idle-conns-per-host", "timeout", "retry-first", "retry-max", "retry-give-up", "forward-headers", "trusted-proxies", "pipeline"}},
 	{"Limits", []string{"max-conns", "max-connecting", "max-message-size", "max-msg-rate", "max-pending", "max-pending-total", "max-outgoing", "max-outgoing-total", "max-header-size", "handshake-timeout", "idle-timeout", "ping-interval", "ping-timeout"}},
 	{"Compression", []string{"compression", "compression-min"}},
-	{"Running", []string{"pollers", "drain-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
+	{"Running", []string{"pollers", "drain-timeout", "upgrade-timeout", "log-level", "log-format", "cpuprofile", "memprofile"}},
 }
 
 func newFlagSet(cfg *config) *flag.FlagSet {
@@ -152,6 +153,7 @@ func newFlagSet(cfg *config) *flag.FlagSet {
 	fs.StringVar(&cfg.clusterPrefix, "cluster-prefix", cluster.Defaults.Prefix, "`prefix` of every Redis key and channel the cluster uses (clusters sharing one Redis need different ones)")
 	fs.DurationVar(&cfg.relayTimeout, "relay-timeout", cluster.Defaults.Timeout, "time a control request relayed to another node has to be answered")
 	fs.DurationVar(&cfg.drainTimeout, "drain-timeout", 30*time.Second, "at shutdown, time to deliver pending messages and DELETEs before exiting")
+	fs.DurationVar(&cfg.upgradeTimeout, "upgrade-timeout", 30*time.Second, "on SIGUSR2 (binary upgrade), time the new process has to take the listeners over; past it, or if it exits, this process serves on")
 	cfg.logLevel = slog.LevelInfo
 	fs.Var(&logLevel{&cfg.logLevel}, "log-level", "log `level`: debug, info, warn or error")
 	fs.StringVar(&cfg.logFormat, "log-format", "text", "log `format`: text or json")
@@ -286,6 +288,9 @@ func (c *config) check() error {
 	}
 	if (c.tlsCert == "") != (c.tlsKey == "") {
 		return bad("tls-cert", "-tls-cert and -tls-key go together")
+	}
+	if c.upgradeTimeout <= 0 {
+		return bad("upgrade-timeout", "must be positive")
 	}
 	if c.tlsClientCA != "" && c.tlsCert == "" {
 		return bad("tls-client-ca", "needs -tls-cert: ws2api verifies client certificates only where it terminates TLS (behind a proxy, the proxy does, see deploy/haproxy.cfg)")

@@ -66,6 +66,12 @@ type proc struct {
 // and waits for it to report its listeners.
 func start(t *testing.T, env []string, args ...string) *proc {
 	t.Helper()
+	return startBinary(t, binary, env, args...)
+}
+
+// startBinary is start with another build of ws2api (the upgrade tests').
+func startBinary(t *testing.T, binary string, env []string, args ...string) *proc {
+	t.Helper()
 	var sub []string // a subcommand comes first
 	if len(args) > 0 && args[0] == "demo" {
 		sub, args = args[:1], args[1:]
@@ -91,7 +97,10 @@ func start(t *testing.T, env []string, args ...string) *proc {
 			p.mu.Unlock()
 			var rec map[string]any
 			if json.Unmarshal([]byte(line), &rec) == nil && rec["msg"] == "ws2api serving" {
-				ready <- rec
+				select {
+				case ready <- rec:
+				default: // a process an upgrade started, on the same output
+				}
 			}
 		}
 		p.exitErr = cmd.Wait()

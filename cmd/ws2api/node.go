@@ -10,6 +10,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -50,7 +51,9 @@ type node struct {
 	gw        *gateway.Server
 	bus       *cluster.Bus
 	ctl       *control.Server
-	served    bool // run began: the gateway is shut down by its drain
+	served    bool       // run began: the gateway is shut down by its drain
+	inherited *inherited // started by an upgrade: the old process's listeners
+	upgraded  bool       // a new process took over: drain with 1012
 }
 
 // build makes the pieces. On an error, close takes down those made.
@@ -73,11 +76,19 @@ func (n *node) build() error {
 	if err = n.loadTLS(); err != nil {
 		return err
 	}
-	if n.publicLn, err = net.Listen("tcp", n.cfg.listen); err != nil {
-		return fmt.Errorf("public listener: %w", err)
+	if n.inherited, err = inheritListeners(os.Getenv); err != nil {
+		return err
 	}
-	if n.controlLn, err = net.Listen("tcp", n.cfg.control); err != nil {
-		return fmt.Errorf("control listener: %w", err)
+	if n.inherited != nil {
+		// Started by an upgrade: the old process's sockets (upgrade.go).
+		n.publicLn, n.controlLn = n.inherited.public, n.inherited.control
+	} else {
+		if n.publicLn, err = net.Listen("tcp", n.cfg.listen); err != nil {
+			return fmt.Errorf("public listener: %w", err)
+		}
+		if n.controlLn, err = net.Listen("tcp", n.cfg.control); err != nil {
+			return fmt.Errorf("control listener: %w", err)
+		}
 	}
 	if n.cfg.demoPages != nil {
 		n.demoPage, n.demoNote = n.cfg.demoPages(n.publicLn.Addr(), n.controlLn.Addr())
@@ -259,7 +270,17 @@ func (n *node) run(ctx context.Context) error {
 	}
 	log.Info("ws2api serving", "public", n.publicLn.Addr().String(), "control", n.controlLn.Addr().String(),
 		"api", strings.Join(n.bases, ","), "version", version, "tls", n.tlsConfig != nil,
-		"control_token", cfg.controlToken != "", "max_conns", n.gw.MaxConns(), "node", n.gw.Node(), "cluster", n.bus != nil)
+		"control_token", cfg.controlToken != "", "max_conns", n.gw.MaxConns(), "node", n.gw.Node(), "cluster", n.bus != nil,
+		"pid", os.Getpid(), "upgrade", n.inherited != nil)
+	if n.inherited != nil {
+		// This process is the unit's main one now; the old one drains.
+		sdNotify("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1")
+		if err := n.inherited.ready(); err != nil {
+			log.Warn("upgrade: could not tell the old process this one serves; it keeps serving too until it gives up", "error", err)
+		}
+	} else {
+		sdNotify("READY=1")
+	}
 	if cfg.demoPages != nil {
 		log.Info("demo: open the page in a browser (Ctrl-C stops it)", "url", demoURL(n.controlLn.Addr()))
 	}
@@ -269,10 +290,14 @@ func (n *node) run(ctx context.Context) error {
 	}
 
 	// SIGHUP reloads what can change without dropping a connection: the
-	// API backends listed in -api-file, the TLS certificate.
+	// API backends listed in -api-file, the TLS certificate. SIGUSR2
+	// upgrades to the binary on disk (upgrade.go).
 	hup := make(chan os.Signal, 1)
 	signal.Notify(hup, syscall.SIGHUP)
 	defer signal.Stop(hup)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
 
 	var runErr error
 wait:
@@ -283,6 +308,19 @@ wait:
 		case <-hup:
 			reload(cfg, n.pool, n.cert, log)
 			n.trackBackends()
+		case <-usr2:
+			log.Info("upgrade: starting the new binary", "path", exePath)
+			if err := n.upgrade(cfg.upgradeTimeout); err != nil {
+				log.Error("upgrade failed: this process serves on", "error", err)
+				continue
+			}
+			// The new process accepts on the listeners from here on;
+			// control connections already open are served until the
+			// drain is over.
+			sdNotify("STOPPING=1")
+			n.ctl.StopAccepting()
+			n.upgraded = true
+			break wait
 		case runErr = <-gwDone:
 			runErr = fmt.Errorf("public listener: %w", runErr)
 			break wait
@@ -301,12 +339,18 @@ wait:
 // 1001, what is pending delivered to the API.
 func (n *node) drain() error {
 	cfg, log := n.cfg, n.log
-	log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
 	ctx, cancel := context.WithTimeout(context.Background(), cfg.drainTimeout)
 	defer cancel()
 	start := time.Now()
+	shutdown := n.gw.Shutdown
+	if n.upgraded {
+		log.Info("upgraded: closing clients with 1012 (they reconnect to the new process), delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
+		shutdown = n.gw.Restart
+	} else {
+		log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
+	}
 	var cut *gateway.DrainError
-	switch err := n.gw.Shutdown(ctx); {
+	switch err := shutdown(ctx); {
 	case err == nil:
 		log.Info("drained", "took", time.Since(start).Round(time.Millisecond).String())
 	case errors.As(err, &cut) && cut.Lost():

@@ -83,6 +83,18 @@ func (s *Server) Serve(ln net.Listener) error {
 	}
 }
 
+// StopAccepting closes the listener (after a binary upgrade, the new
+// process accepts on it); the connections open are served until Close.
+func (s *Server) StopAccepting() {
+	s.mu.Lock()
+	s.closed = true
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+}
+
 // Close stops accepting, closes every connection and waits for the
 // requests being answered on goroutines.
 func (s *Server) Close() error {

@@ -41,6 +41,7 @@ type closeInfo struct {
 
 var (
 	closeShutdown    = closeInfo{code: ws.CloseGoingAway, reason: "going away", cause: metrics.CauseShutdown}
+	closeRestart     = closeInfo{code: ws.CloseServiceRestart, reason: "service restart", cause: metrics.CauseShutdown}
 	closeReplaced    = closeInfo{code: ws.CloseReplaced, reason: "replaced", cause: metrics.CauseReplaced, noDelete: true}
 	closeBacklog     = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later", cause: metrics.CauseBacklog}
 	closeGatewayFull = closeInfo{code: ws.CloseTryAgainLater, reason: "try again later: gateway backlog full", cause: metrics.CauseGatewayFull}
@@ -141,6 +142,7 @@ func (s *Server) accepted(nc *nbio.Conn) loop.Handler {
 // send its upgrade request.
 func (s *Server) newConn(sock socket, remoteAddr string) *conn {
 	c := &conn{s: s, sock: sock, connID: s.newConnID(), remoteAddr: remoteAddr}
+	s.handshaking.Add(1)
 	_ = sock.SetReadDeadline(time.Now().Add(s.opts.HandshakeTimeout))
 	return c
 }
@@ -182,7 +184,7 @@ func (c *conn) readHeadLocked(data []byte) {
 		c.rejectLocked(&reject{status: 431, text: "request head too large"})
 		return
 	}
-	if s.draining.Load() {
+	if s.draining.Load() && !s.restarting.Load() {
 		c.rejectLocked(&reject{status: 503, text: "shutting down"})
 		return
 	}
@@ -215,6 +217,7 @@ func (c *conn) readHeadLocked(data []byte) {
 	}
 	c.hs = hs
 	c.state = stAuthorizing
+	s.handshaking.Add(-1)
 	// The API's own timeout bounds the wait from here on.
 	_ = c.sock.SetReadDeadline(time.Time{})
 	c.setAPILocked(apiConnecting)
@@ -270,7 +273,7 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	switch {
 	case accepted && c.state != stAuthorizing:
 		c.setEndLocked(closeInfo{code: ws.CloseAbnormal, reason: "closed before the upgrade completed", cause: metrics.CauseNetwork})
-	case accepted && s.draining.Load():
+	case accepted && s.draining.Load() && !s.restarting.Load():
 		rej = &reject{status: 503, text: "shutting down"}
 		c.setEndLocked(closeShutdown)
 	}
@@ -317,8 +320,10 @@ func (c *conn) authorized(resp *upstream.Response, err error) {
 	_ = c.writeLocked(nil, appendSwitching(nil, hs.key, protocol, hs.deflate))
 	if s.draining.Load() {
 		// Shutdown began after the check above and its sweep may have
-		// missed this connection.
-		c.closeLocked(closeShutdown)
+		// missed this connection (after an upgrade, it let the
+		// connection open, so that the client reconnects to the new
+		// process instead of seeing a refusal).
+		c.closeLocked(s.drainClose())
 	}
 	if early := c.in; early != nil {
 		c.in = nil
@@ -365,6 +370,9 @@ func decide(hs *handshake, resp *upstream.Response, err error) (rej *reject, pro
 
 // rejectLocked answers the upgrade request with an error and closes.
 func (c *conn) rejectLocked(r *reject) {
+	if c.state == stHandshake {
+		c.s.handshaking.Add(-1)
+	}
 	c.s.m.Reject(r.status)
 	_ = c.writeLocked(nil, appendReject(nil, r))
 	c.state = stClosing
@@ -496,6 +504,9 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	defer c.mu.Unlock()
 	if c.state == stClosed {
 		return
+	}
+	if c.state == stHandshake {
+		s.handshaking.Add(-1)
 	}
 	c.state = stClosed
 	c.in = nil

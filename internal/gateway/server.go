@@ -282,12 +282,14 @@ type Server struct {
 	node    string        // random per process: makes connection ids unique across restarts
 	connSeq atomic.Uint64 // last connection number handed out
 
-	draining   atomic.Bool
-	admitted   atomic.Int64 // connections past their request head, for MaxConns
-	connecting atomic.Int64 // connect GETs waiting or in flight, for MaxConnecting
-	apiWork    atomic.Int64 // connections with a request to the API in flight or due
-	origins    originList
-	trusted    []netip.Prefix // Options.TrustedProxies
+	draining    atomic.Bool
+	restarting  atomic.Bool  // the drain is a binary upgrade's (Restart)
+	handshaking atomic.Int64 // connections still sending their upgrade request head
+	admitted    atomic.Int64 // connections past their request head, for MaxConns
+	connecting  atomic.Int64 // connect GETs waiting or in flight, for MaxConnecting
+	apiWork     atomic.Int64 // connections with a request to the API in flight or due
+	origins     originList
+	trusted     []netip.Prefix // Options.TrustedProxies
 
 	outgoing atomic.Int64 // bytes waiting to be written to clients, for MaxOutgoingTotal (outgoing.go)
 	shedMu   sync.Mutex   // one shed at a time
@@ -410,7 +412,23 @@ func (s *Server) Draining() bool { return s.draining.Load() }
 // waits until the API has been sent every pending message and every DELETE,
 // or ctx ends: then it returns a [*DrainError] saying what is undelivered.
 // It then stops the event loop.
-func (s *Server) Shutdown(ctx context.Context) error {
+func (s *Server) Shutdown(ctx context.Context) error { return s.shutdown(ctx, closeShutdown) }
+
+// drainClose is how a drain closes a client: 1012 after an upgrade, else
+// 1001.
+func (s *Server) drainClose() closeInfo {
+	if s.restarting.Load() {
+		return closeRestart
+	}
+	return closeShutdown
+}
+
+// Restart is Shutdown for a binary upgrade: the clients are closed with
+// 1012 "service restart", to reconnect at once (to the new process).
+func (s *Server) Restart(ctx context.Context) error { return s.shutdown(ctx, closeRestart) }
+
+func (s *Server) shutdown(ctx context.Context, why closeInfo) error {
+	s.restarting.Store(why == closeRestart)
 	s.mu.Lock()
 	s.draining.Store(true)
 	ln := s.ln
@@ -421,7 +439,7 @@ func (s *Server) Shutdown(ctx context.Context) error {
 	s.accept.Wait()
 
 	for _, c := range s.reg.all() {
-		c.closeWith(closeShutdown)
+		c.closeWith(why)
 	}
 	err := s.waitIdle(ctx)
 	if s.keeperStop != nil {
@@ -439,7 +457,10 @@ func (s *Server) waitIdle(ctx context.Context) error {
 	tick := time.NewTicker(5 * time.Millisecond)
 	defer tick.Stop()
 	for {
-		if s.reg.count() == 0 && s.apiWork.Load() == 0 {
+		// (After an upgrade, a connection accepted just before the
+		// listener closed is let through its upgrade, then closed with
+		// 1012, rather than refused: it is waited for too.)
+		if s.reg.count() == 0 && s.apiWork.Load() == 0 && (!s.restarting.Load() || s.handshaking.Load() == 0) {
 			return nil
 		}
 		select {

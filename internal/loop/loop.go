@@ -228,6 +228,7 @@ func (l *Loop) OnAccept(f func(*nbio.Conn) Handler) {
 }
 
 func (l *Loop) onOpen(c *nbio.Conn) {
+	closeOnExec(c)
 	if c.Session() != nil {
 		return // added by Add, with its handler
 	}
@@ -271,8 +272,15 @@ func Wrap(conn net.Conn) (*nbio.Conn, error) {
 		conn.Close()
 		return nil, err
 	}
+	closeOnExec(nc)
 	return nc, nil
 }
+
+// closeOnExec marks c's descriptor close-on-exec. nbio takes a socket over
+// with syscall.Dup (dupStdConn), which does not: a process this one starts
+// (a binary upgrade) would inherit every connection, and keep each open
+// after this process closed it, the peer never seeing the end.
+func closeOnExec(c *nbio.Conn) { syscall.CloseOnExec(c.Hash()) }
 
 // AddAll hands every connection ln accepts to the loop (see OnAccept),
 // on a goroutine of its own, until ln is closed.
@@ -298,7 +306,12 @@ func (l *Loop) AddAccepted(conn net.Conn) error {
 // DialAsync connects to a TCP address from the loop; done runs once the
 // connection is up (give it its handler there, with SetSession) or failed.
 func (l *Loop) DialAsync(addr string, done func(*nbio.Conn, error)) error {
-	return l.engine.DialAsync("tcp", addr, done)
+	return l.engine.DialAsync("tcp", addr, func(c *nbio.Conn, err error) {
+		if err == nil {
+			closeOnExec(c)
+		}
+		done(c, err)
+	})
 }
 
 // Later runs t on poller p's next turn (at once if p is idle). Tasks

@@ -295,3 +295,48 @@ func TestShutdownLeavesTheCloseToThePoller(t *testing.T) {
 		t.Fatal("Shutdown of a closed connection reported success")
 	}
 }
+
+// Every socket on the loop is close-on-exec, however it came (Add after
+// Wrap, an accepted one, a dialed one): a process ws2api starts, a binary
+// upgrade, must not inherit connections and keep them open.
+func TestEverySocketIsCloseOnExec(t *testing.T) {
+	l, err := New("t", 1, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Stop()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan *nbio.Conn, 1)
+	l.OnAccept(func(c *nbio.Conn) Handler { accepted <- c; return &recorder{closed: make(chan error, 1)} })
+	added, peer := pair(t, l, &recorder{closed: make(chan error, 1)})
+	_ = peer
+	dialed := make(chan *nbio.Conn, 1)
+	if err := l.DialAsync(ln.Addr().String(), func(c *nbio.Conn, err error) {
+		if err == nil {
+			c.SetSession(&recorder{closed: make(chan error, 1)})
+		}
+		dialed <- c
+	}); err != nil {
+		t.Fatal(err)
+	}
+	other, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := l.AddAccepted(other); err != nil {
+		t.Fatal(err)
+	}
+	for name, c := range map[string]*nbio.Conn{"added": added, "accepted": <-accepted, "dialed": <-dialed} {
+		if c == nil {
+			t.Fatalf("no %s connection", name)
+		}
+		flags, err := unix.FcntlInt(uintptr(c.Hash()), unix.F_GETFD, 0)
+		if err != nil || flags&unix.FD_CLOEXEC == 0 {
+			t.Errorf("the %s connection's descriptor: flags %#x, %v; want FD_CLOEXEC", name, flags, err)
+		}
+	}
+}

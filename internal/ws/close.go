@@ -18,6 +18,7 @@ const (
 	ClosePolicyViolation = 1008
 	CloseMessageTooBig   = 1009
 	CloseInternalError   = 1011
+	CloseServiceRestart  = 1012
 	CloseTryAgainLater   = 1013
 	CloseReplaced        = 4000 // ws2api: another connection took this id
 )

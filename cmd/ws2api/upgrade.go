@@ -1,0 +1,223 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"strconv"
+	"syscall"
+	"time"
+)
+
+// A binary upgrade, started by SIGUSR2 (nginx's convention):
+//
+//	old  starts the executable at its own path (the new binary, once it
+//	     is on disk there) with the same arguments and environment, plus
+//	     WS2API_UPGRADE_FD=3: its end of a Unix socket pair
+//	old  passes its listening sockets over it (SCM_RIGHTS)
+//	new  serves them, alongside the old for a moment, and says "ready"
+//	     (and tells systemd it is the main process now)
+//	old  stops accepting, closes its clients with 1012 "service restart",
+//	     delivers what they sent, and exits 0
+//
+// No connection is refused on the way: the listening sockets are the same
+// ones throughout. If the new process exits, or is not ready within
+// -upgrade-timeout, the old one keeps serving everything and logs why.
+// Open client connections are not passed over yet: they reconnect, to the
+// new process (the README says so).
+
+// envUpgradeFD names, in a process an upgrade started, the descriptor of
+// its socket to the old process.
+const envUpgradeFD = "WS2API_UPGRADE_FD"
+
+// exePath is the executable's path, read at start: once the binary is
+// replaced, /proc/self/exe names the old, deleted file, and this path the
+// new one.
+var exePath, _ = os.Executable()
+
+// inherited is what a process started by an upgrade takes over.
+type inherited struct {
+	public, control net.Listener
+	conn            *net.UnixConn // to the old process
+}
+
+// inheritListeners receives the listeners from the old process, if this
+// process was started by an upgrade (nil otherwise).
+func inheritListeners(getenv func(string) string) (*inherited, error) {
+	v := getenv(envUpgradeFD)
+	if v == "" {
+		return nil, nil
+	}
+	fd, err := strconv.Atoi(v)
+	if err != nil || fd < 3 {
+		return nil, fmt.Errorf("upgrade: bad %s %q", envUpgradeFD, v)
+	}
+	f := os.NewFile(uintptr(fd), "upgrade socket")
+	c, err := net.FileConn(f)
+	f.Close()
+	if err != nil {
+		return nil, fmt.Errorf("upgrade: %w", err)
+	}
+	uc, ok := c.(*net.UnixConn)
+	if !ok {
+		c.Close()
+		return nil, errors.New("upgrade: " + envUpgradeFD + " is not a Unix socket")
+	}
+	_ = uc.SetReadDeadline(time.Now().Add(10 * time.Second))
+	buf, oob := make([]byte, 64), make([]byte, syscall.CmsgSpace(2*4))
+	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
+	_ = uc.SetReadDeadline(time.Time{})
+	if err != nil {
+		uc.Close()
+		return nil, fmt.Errorf("upgrade: receiving the listeners: %w", err)
+	}
+	fds, err := receivedFDs(oob[:oobn])
+	if err != nil || string(buf[:n]) != "listeners\n" || len(fds) != 2 {
+		for _, fd := range fds {
+			syscall.Close(fd)
+		}
+		uc.Close()
+		return nil, fmt.Errorf("upgrade: the old process sent %q and %d descriptors, want the two listeners (%v)", buf[:n], len(fds), err)
+	}
+	h := &inherited{conn: uc}
+	for i, dst := range []*net.Listener{&h.public, &h.control} {
+		f := os.NewFile(uintptr(fds[i]), "listener")
+		*dst, err = net.FileListener(f)
+		f.Close()
+		if err != nil {
+			h.close()
+			return nil, fmt.Errorf("upgrade: listener: %w", err)
+		}
+	}
+	return h, nil
+}
+
+func receivedFDs(oob []byte) ([]int, error) {
+	msgs, err := syscall.ParseSocketControlMessage(oob)
+	if err != nil {
+		return nil, err
+	}
+	var fds []int
+	for _, m := range msgs {
+		got, err := syscall.ParseUnixRights(&m)
+		if err != nil {
+			return fds, err
+		}
+		fds = append(fds, got...)
+	}
+	return fds, nil
+}
+
+func (h *inherited) close() {
+	for _, ln := range []net.Listener{h.public, h.control} {
+		if ln != nil {
+			ln.Close()
+		}
+	}
+	h.conn.Close()
+}
+
+// ready tells the old process that this one serves.
+func (h *inherited) ready() error {
+	_, err := h.conn.Write([]byte("ready\n"))
+	h.conn.Close()
+	return err
+}
+
+// upgrade starts the new process and hands it the listeners; it returns
+// nil once the new process serves, or why it does not (the old one then
+// serves on).
+func (n *node) upgrade(timeout time.Duration) error {
+	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
+	if err != nil {
+		return err
+	}
+	ours, theirs := os.NewFile(uintptr(fds[0]), "upgrade socket"), os.NewFile(uintptr(fds[1]), "upgrade socket")
+	cmd := exec.Command(exePath, os.Args[1:]...)
+	cmd.Env = append(os.Environ(), envUpgradeFD+"=3")
+	cmd.ExtraFiles = []*os.File{theirs}
+	cmd.Stdout, cmd.Stderr = os.Stdout, os.Stderr
+	err = cmd.Start()
+	theirs.Close()
+	if err != nil {
+		ours.Close()
+		return fmt.Errorf("starting %s: %w", exePath, err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- cmd.Wait() }()
+	// fail ends an upgrade that did not happen: a new process that exited
+	// meanwhile says why in its exit status, one still there is killed.
+	fail := func(err error) error {
+		select {
+		case status := <-exited:
+			err = fmt.Errorf("the new process exited before taking over: %v", status)
+		case <-time.After(time.Second):
+			_ = cmd.Process.Kill()
+		}
+		ours.Close()
+		return err
+	}
+	c, err := net.FileConn(ours)
+	ours.Close()
+	if err != nil {
+		return fail(err)
+	}
+	uc := c.(*net.UnixConn)
+	defer uc.Close()
+	var files []*os.File
+	for _, ln := range []net.Listener{n.publicLn, n.controlLn} {
+		f, err := ln.(*net.TCPListener).File() // a copy of the descriptor
+		if err != nil {
+			return fail(err)
+		}
+		defer f.Close()
+		files = append(files, f)
+	}
+	if _, _, err := uc.WriteMsgUnix([]byte("listeners\n"), syscall.UnixRights(int(files[0].Fd()), int(files[1].Fd())), nil); err != nil {
+		return fail(fmt.Errorf("passing the listeners: %w", err))
+	}
+	ready := make(chan error, 1)
+	go func() {
+		line, err := bufio.NewReader(uc).ReadString('\n')
+		if err == nil && line != "ready\n" {
+			err = fmt.Errorf("it said %q", line)
+		}
+		ready <- err
+	}()
+	select {
+	case err := <-ready:
+		if err != nil {
+			return fail(fmt.Errorf("the new process did not take over: %v", err))
+		}
+		n.log.Info("upgrade: the new process serves", "pid", cmd.Process.Pid)
+		return nil
+	case status := <-exited:
+		ours.Close()
+		return fmt.Errorf("the new process exited before taking over: %v", status)
+	case <-time.After(timeout):
+		_ = cmd.Process.Kill()
+		ours.Close()
+		return fmt.Errorf("the new process did not take over within %v", timeout)
+	}
+}
+
+// sdNotify tells systemd (Type=notify) of a state change; nothing without
+// $NOTIFY_SOCKET.
+func sdNotify(state string) {
+	addr := os.Getenv("NOTIFY_SOCKET")
+	if addr == "" {
+		return
+	}
+	if addr[0] == '@' {
+		addr = "\x00" + addr[1:] // abstract namespace
+	}
+	c, err := net.DialUnix("unixgram", nil, &net.UnixAddr{Name: addr, Net: "unixgram"})
+	if err != nil {
+		return
+	}
+	defer c.Close()
+	_, _ = c.Write([]byte(state))
+}
