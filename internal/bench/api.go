@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -50,6 +51,12 @@ type EchoOptions struct {
 	// UnavailableFor makes every request get 503 for that long after the
 	// start, as an API that is starting up or overloaded.
 	UnavailableFor time.Duration
+	// OCPP makes it a central system for the load tool's chargers (-ocpp):
+	// a connect is accepted with the first subprotocol the client offered,
+	// an OCPP-J CALL is answered with a CALLRESULT to it, and a CALLRESULT
+	// or CALLERROR gets an empty answer (nothing goes to the client).
+	// Other bodies are echoed.
+	OCPP bool
 }
 
 // StartEchoAPI listens on addr.
@@ -84,10 +91,11 @@ func (a *EchoAPI) Stop() {
 }
 
 type echoConn struct {
-	api *EchoAPI
-	in  []byte
-	out []byte
-	log []byte
+	api  *EchoAPI
+	in   []byte
+	out  []byte
+	log  []byte
+	body []byte // an OCPP answer being built
 }
 
 // OnData answers every complete request (loop.Handler).
@@ -159,7 +167,7 @@ func (ec *echoConn) answer(out, b []byte) ([]byte, int, error) {
 	head := b[:end]
 	line, rest, _ := bytes.Cut(head, []byte("\r\n"))
 	method, _, _ := bytes.Cut(line, []byte(" "))
-	length, ctype, connID := 0, []byte(nil), []byte("-")
+	length, ctype, connID, protocols := 0, []byte(nil), []byte("-"), []byte(nil)
 	for len(rest) > 0 {
 		var h []byte
 		h, rest, _ = bytes.Cut(rest, []byte("\r\n"))
@@ -179,6 +187,8 @@ func (ec *echoConn) answer(out, b []byte) ([]byte, int, error) {
 			ctype = value
 		case bytes.EqualFold(name, []byte("X-Ws2api-Connection-Id")):
 			connID = value
+		case bytes.EqualFold(name, []byte("Sec-WebSocket-Protocol")):
+			protocols = value
 		case bytes.EqualFold(name, []byte("Transfer-Encoding")):
 			return out, 0, errBadRequest
 		}
@@ -201,6 +211,27 @@ func (ec *echoConn) answer(out, b []byte) ([]byte, int, error) {
 		ec.log = append(ec.log, ' ')
 		ec.log = strconv.AppendQuote(ec.log, string(body))
 		ec.log = append(ec.log, '\n')
+	}
+	if ec.api.opts.OCPP {
+		switch string(method) {
+		case "GET":
+			// The subprotocol: the first the charger offered.
+			out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"...)
+			if first, _, _ := bytes.Cut(protocols, []byte(",")); len(bytes.TrimSpace(first)) > 0 {
+				out = append(out, "Sec-WebSocket-Protocol: "...)
+				out = append(out, bytes.TrimSpace(first)...)
+				out = append(out, "\r\n"...)
+			}
+			return append(out, "Content-Length: 2\r\n\r\nok"...), total, nil
+		case "POST":
+			var ok bool
+			if ec.body, ok = appendOCPPAnswer(ec.body[:0], body); ok {
+				out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "...)
+				out = strconv.AppendInt(out, int64(len(ec.body)), 10)
+				out = append(out, "\r\n\r\n"...)
+				return append(out, ec.body...), total, nil
+			}
+		}
 	}
 	switch string(method) {
 	case "GET":
@@ -230,13 +261,15 @@ func runAPI(ctx context.Context, args []string, stdout io.Writer) error {
 	logFile := fs.String("log", "", "append one line per request answered 2xx to this `file`: METHOD /id connection-id \"body\"")
 	unavailable := fs.Duration("unavailable-for", 0, "answer 503 to every request for this long after starting, and again after each SIGUSR1")
 	netHTTP := fs.Bool("net-http", false, "serve with Go's net/http instead of the event loop: a real server's costs, for comparisons")
+	ocpp := fs.Bool("ocpp", false, "a central system for the load tool's -ocpp chargers: accept the first subprotocol offered, answer a CALL with a CALLRESULT to it, a CALLRESULT or CALLERROR with nothing; echo anything else")
 	if err := fs.Parse(args); err != nil {
 		return err
 	}
 	if *netHTTP {
-		return serveNetHTTP(ctx, *listen)
+		return serveNetHTTP(ctx, *listen, *ocpp)
 	}
 	var opts EchoOptions
+	opts.OCPP = *ocpp
 	opts.UnavailableFor = *unavailable
 	if *logFile != "" {
 		f, err := os.OpenFile(*logFile, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o644)
@@ -266,8 +299,8 @@ func runAPI(ctx context.Context, args []string, stdout io.Writer) error {
 	}
 }
 
-// serveNetHTTP is the echo API on Go's net/http.
-func serveNetHTTP(ctx context.Context, addr string) error {
+// serveNetHTTP is the echo API on Go's net/http, with the same OCPP mode.
+func serveNetHTTP(ctx context.Context, addr string, ocpp bool) error {
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {
 		return fmt.Errorf("echo API: %w", err)
@@ -275,9 +308,19 @@ func serveNetHTTP(ctx context.Context, addr string) error {
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		switch r.Method {
 		case http.MethodGet:
+			if first, _, _ := strings.Cut(r.Header.Get("Sec-WebSocket-Protocol"), ","); ocpp && strings.TrimSpace(first) != "" {
+				w.Header().Set("Sec-WebSocket-Protocol", strings.TrimSpace(first))
+			}
 			io.WriteString(w, "ok")
 		case http.MethodPost:
 			b, _ := io.ReadAll(r.Body)
+			if ocpp {
+				if answer, ok := appendOCPPAnswer(nil, b); ok {
+					w.Header().Set("Content-Type", "application/json")
+					w.Write(answer)
+					return
+				}
+			}
 			if ct := r.Header.Get("Content-Type"); ct != "" {
 				w.Header().Set("Content-Type", ct)
 			}

@@ -8,6 +8,10 @@
 // broadcasts through the control API. Past what one process may open (20,000
 // files here) it spreads the connections over worker processes, and over
 // 127.0.1.x source addresses so that no address runs out of ports.
+//
+// In the OCPP shape (-ocpp, ocpp.go) the connections are chargers that boot,
+// heartbeat and answer CALLs, and the tool makes synchronous calls to them
+// through the control API (-call-rate), timing each.
 package bench
 
 import (
@@ -22,6 +26,7 @@ import (
 	"net/http"
 	"os"
 	"os/exec"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -74,6 +79,13 @@ type Options struct {
 	// Progress receives the live line each second (nil: none).
 	Progress io.Writer
 	Compress bool
+	// The OCPP shape: chargers (Interval is their heartbeat), and CallRate
+	// synchronous calls a second through Control over CallConns
+	// connections, each waiting up to CallAwait.
+	OCPP      bool
+	CallRate  int
+	CallConns int
+	CallAwait time.Duration
 }
 
 // Summary is a run's result.
@@ -102,14 +114,42 @@ type Summary struct {
 	PushP50Ms    float64 `json:"push_p50_ms"`
 	PushP99Ms    float64 `json:"push_p99_ms"`
 
+	OCPP *OCPPResult `json:"ocpp,omitempty"`
+
 	Once       *OnceResult       `json:"once,omitempty"`
 	Broadcasts []BroadcastResult `json:"broadcasts,omitempty"`
+
+	// Pings the gateway sent (to clients silent for its -ping-interval),
+	// a second over the measured window: they cost it CPU too.
+	PingsPerSec float64 `json:"pings_per_sec"`
 
 	Closed    int64  `json:"closed"`
 	Errors    int64  `json:"errors"`
 	LastError string `json:"last_error,omitempty"`
 
 	Gateway *GatewayFigures `json:"gateway,omitempty"`
+}
+
+// OCPPResult is the OCPP shape's: the chargers' boots and the synchronous
+// calls (the heartbeats are the summary's messages).
+type OCPPResult struct {
+	Boots         int64 `json:"boots"`
+	BootsAnswered int64 `json:"boots_answered"`
+
+	CallsSent   int64            `json:"calls_sent"`
+	CallsOK     int64            `json:"calls_ok"`               // 200 with the charger's CALLRESULT
+	CallsFailed map[string]int64 `json:"calls_failed,omitempty"` // by status, or timeout, transport, bad answer
+	CallError   string           `json:"call_error,omitempty"`   // the last failure
+	CallsPerSec float64          `json:"calls_per_sec"`          // answered 200, over the measured window
+	CallP50Ms   float64          `json:"call_p50_ms"`            // POST to 200
+	CallP90Ms   float64          `json:"call_p90_ms"`
+	CallP99Ms   float64          `json:"call_p99_ms"`
+	CallMaxMs   float64          `json:"call_max_ms"`
+	// The chargers' side: CALLs received and answered, and the time from
+	// a call's POST to its CALL reaching the charger.
+	CallsAnswered    int64   `json:"calls_answered"`
+	CallDeliverP50Ms float64 `json:"call_deliver_p50_ms"`
+	CallDeliverP99Ms float64 `json:"call_deliver_p99_ms"`
 }
 
 // OnceResult is the burst of one message from every connection at once.
@@ -148,6 +188,10 @@ type GatewayFigures struct {
 	CPUPerPushUs         float64 `json:"cpu_per_push_us,omitempty"`
 	FDs                  int     `json:"fds"`
 	Threads              int     `json:"threads"`
+	// CPUPerCallUs is all the gateway's CPU in the window over the calls
+	// answered: the heartbeats' share included (subtract a run without
+	// calls for the calls' own).
+	CPUPerCallUs float64 `json:"cpu_per_call_us,omitempty"`
 }
 
 func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error {
@@ -158,10 +202,15 @@ func runLoad(ctx context.Context, args []string, stdout, stderr io.Writer) error
 gateway over -ramp, has each send one message every -interval for -duration,
 and reports connects/s, messages/s, latency percentiles, errors, lost replies
 and, given -pid, the gateway's memory and CPU. It can also push through the
-control API (-push-rate) and broadcast (-broadcasts).
+control API (-push-rate) and broadcast (-broadcasts). With -ocpp the
+connections are OCPP 1.6 chargers: each boots, sends a Heartbeat every
+-interval and answers every CALL; -call-rate makes synchronous calls to them
+through the control API (POST /<id>?await=) and times each. Put the echo API
+in the same mode (ws2api bench api -ocpp; scripts/bench does it).
 
   ws2api bench [flags]                  a load run
   ws2api bench api [-listen addr]       the echo API to put behind the gateway
+                                        (-ocpp: it answers CALLs with CALLRESULTs)
   ws2api bench floor [-listen addr]     a WebSocket echo with no API: the
                                         machine's floor for one read and one
                                         write per message
@@ -196,8 +245,15 @@ Flags:
 	fs.DurationVar(&o.Settle, "settle", 2*time.Second, "wait before reading the gateway's idle memory")
 	fs.DurationVar(&o.Grace, "grace", 5*time.Second, "after sending stops, time for the last replies to arrive")
 	fs.StringVar(&o.JSON, "json", "", "also write the summary as JSON to this file (- for stdout)")
+	fs.BoolVar(&o.OCPP, "ocpp", false, "the OCPP shape: each connection is a charger (subprotocol ocpp1.6) that sends a BootNotification, then a Heartbeat every -interval, and answers every CALL it receives with Accepted; needs the echo API's -ocpp")
+	fs.IntVar(&o.CallRate, "call-rate", 0, "with -ocpp: synchronous calls a second through the control API (POST /<id>?await=, a Reset CALL) to random chargers, each timed from its POST to its 200")
+	fs.IntVar(&o.CallConns, "call-conns", 64, "keep-alive connections the calls are made over (one call waits on each at a time)")
+	fs.DurationVar(&o.CallAwait, "call-await", 10*time.Second, "each call's ?await=")
 	if err := fs.Parse(args); err != nil {
 		return err
+	}
+	if o.CallRate > 0 && !o.OCPP {
+		return errors.New("-call-rate calls chargers: use it with -ocpp")
 	}
 	if o.Conns < 1 {
 		return errors.New("-conns must be at least 1")
@@ -267,6 +323,9 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 	if o.Dialers <= 0 {
 		o.Dialers = 64
 	}
+	if o.CallAwait <= 0 {
+		o.CallAwait = 10 * time.Second
+	}
 	var gw *gatewayWatch
 	if o.PID > 0 {
 		var err error
@@ -281,6 +340,7 @@ func Run(ctx context.Context, o Options) (*Summary, error) {
 		cfg := workerConfig{
 			URL: o.URL, First: first, Count: o.Conns*(i+1)/procs - first, Total: o.Conns, Ramp: o.Ramp,
 			Dialers: o.Dialers, Interval: o.Interval, Size: o.Size, Prefix: o.Prefix, Sources: o.Sources, Insecure: o.Insecure, Compress: o.Compress,
+			OCPP: o.OCPP,
 		}
 		var err error
 		if procs == 1 {
@@ -314,17 +374,24 @@ type runner struct {
 	prev     total
 	prevTime time.Time
 	pushes   pushCounter
+	calls    callDriver
 }
 
-// total is every worker's report added up.
+// total is every worker's report added up, and the driver's calls.
 type total struct {
 	report
 	pushesSent int64
+	callsOK    int64
+	callLat    Counts // POST to 200
 }
 
 func (r *runner) total() total {
 	var t total
 	t.Lat, t.PushLat, t.ConnLat = make(Counts, histBuckets), make(Counts, histBuckets), make(Counts, histBuckets)
+	if r.o.OCPP {
+		t.CallLat = make(Counts, histBuckets)
+		t.callsOK, t.callLat = r.calls.ok.Load(), r.calls.lat.Snapshot()
+	}
 	for _, h := range r.handles {
 		l := h.latest()
 		t.Connected += l.Connected
@@ -335,12 +402,17 @@ func (r *runner) total() total {
 		t.Pushes += l.Pushes
 		t.Closed += l.Closed
 		t.Errors += l.Errors
+		t.Pings += l.Pings
 		if l.LastError != "" {
 			t.LastError = l.LastError
 		}
 		t.Lat.Add(l.Lat)
 		t.PushLat.Add(l.PushLat)
 		t.ConnLat.Add(l.ConnLat)
+		t.Boots += l.Boots
+		t.BootsOK += l.BootsOK
+		t.Calls += l.Calls
+		t.CallLat.Add(l.CallLat)
 	}
 	t.pushesSent = r.pushes.sent.Load()
 	return t
@@ -426,6 +498,9 @@ func (r *runner) phases(ctx context.Context) error {
 	if o.Broadcast > 0 {
 		side.Go(func() { r.broadcasts(windowCtx) })
 	}
+	if o.CallRate > 0 {
+		side.Go(func() { r.calls.run(windowCtx, o) })
+	}
 	<-windowCtx.Done()
 	cancel()
 	side.Wait()
@@ -433,6 +508,7 @@ func (r *runner) phases(ctx context.Context) error {
 	window := afterTime.Sub(beforeTime).Seconds()
 	lat := after.Lat.Sub(before.Lat)
 	sum.MsgsPerSec = float64(after.Recv-before.Recv) / window
+	sum.PingsPerSec = float64(after.Pings-before.Pings) / window
 	sum.P50Ms, sum.P99Ms, sum.P999Ms, sum.MaxMs = ms(lat.Quantile(.5)), ms(lat.Quantile(.99)), ms(lat.Quantile(.999)), ms(lat.Max())
 	pushLat := after.PushLat.Sub(before.PushLat)
 	sum.PushP50Ms, sum.PushP99Ms = ms(pushLat.Quantile(.5)), ms(pushLat.Quantile(.99))
@@ -447,7 +523,19 @@ func (r *runner) phases(ctx context.Context) error {
 		if n := after.pushesSent - before.pushesSent; n > 0 && o.Interval == 0 {
 			g.CPUPerPushUs = cpu * 1e6 / float64(n)
 		}
+		if n := after.callsOK - before.callsOK; n > 0 {
+			g.CPUPerCallUs = cpu * 1e6 / float64(n)
+			g.CPUPerMsgUs = 0 // the calls' CPU is in it
+		}
 		sum.Gateway = g
+	}
+	if o.OCPP {
+		callLat, deliver := after.callLat.Sub(before.callLat), after.CallLat.Sub(before.CallLat)
+		sum.OCPP = &OCPPResult{
+			CallsPerSec: float64(after.callsOK-before.callsOK) / window,
+			CallP50Ms:   ms(callLat.Quantile(.5)), CallP90Ms: ms(callLat.Quantile(.9)), CallP99Ms: ms(callLat.Quantile(.99)), CallMaxMs: ms(callLat.Max()),
+			CallDeliverP50Ms: ms(deliver.Quantile(.5)), CallDeliverP99Ms: ms(deliver.Quantile(.99)),
+		}
 	}
 
 	// Stop sending and let the last replies arrive. Reports lag by up to
@@ -477,6 +565,15 @@ func (r *runner) finalCounts() {
 	s.Sent, s.Recv, s.Lost = t.Sent, t.Recv, t.Sent-t.Recv
 	s.PushesSent, s.PushesFailed, s.PushesRecv = t.pushesSent, r.pushes.failed.Load(), t.Pushes
 	s.Closed, s.Errors, s.LastError = t.Closed, t.Errors, t.LastError
+	if c := s.OCPP; c != nil {
+		c.Boots, c.BootsAnswered, c.CallsAnswered = t.Boots, t.BootsOK, t.Calls
+		c.CallsSent, c.CallsOK = r.calls.sent.Load(), r.calls.ok.Load()
+		var failed int64
+		c.CallsFailed, failed, c.CallError = r.calls.failures()
+		if failed == 0 {
+			c.CallsFailed = nil
+		}
+	}
 	for _, h := range r.handles {
 		if h.failure != nil {
 			s.LastError = h.failure.Error()
@@ -519,11 +616,20 @@ func (r *runner) progress(ctx context.Context) func() {
 			if cur.pushesSent > 0 || cur.Pushes > 0 {
 				line += fmt.Sprintf("  pushes %.0f/s recv %.0f/s", float64(cur.pushesSent-r.prev.pushesSent)/dt, float64(cur.Pushes-r.prev.Pushes)/dt)
 			}
+			if r.o.OCPP && cur.Boots > r.prev.Boots {
+				line += fmt.Sprintf("  boots %.0f/s", float64(cur.Boots-r.prev.Boots)/dt)
+			}
+			if cur.callsOK > r.prev.callsOK {
+				callLat := cur.callLat.Sub(r.prev.callLat)
+				line += fmt.Sprintf("  calls %.0f/s p50 %s p99 %s", float64(cur.callsOK-r.prev.callsOK)/dt, fmtDur(callLat.Quantile(.5)), fmtDur(callLat.Quantile(.99)))
+			}
 			if r.gw != nil {
 				g := r.gw.read()
 				cpu := float64(g.cpuTicks-prevGW.cpuTicks) / clockTicks
 				line += fmt.Sprintf("  | gateway rss %.1fMiB cpu %.0f%%", mib(g.rss), 100*cpu/dt)
-				if n := cur.Recv - r.prev.Recv; n > 0 {
+				if n := cur.callsOK - r.prev.callsOK; n > 0 {
+					line += fmt.Sprintf(" %.1fµs/call", cpu*1e6/float64(n))
+				} else if n := cur.Recv - r.prev.Recv; n > 0 {
 					line += fmt.Sprintf(" %.1fµs/msg", cpu*1e6/float64(n))
 				}
 				prevGW = g
@@ -728,8 +834,35 @@ func printSummary(w io.Writer, s *Summary) {
 			o.Sent, o.Recv, o.P50Ms, o.P99Ms, o.MaxMs)
 	}
 	if s.MsgsPerSec > 0 {
-		fmt.Fprintf(w, "messages     %d sent, %d replies, %d lost; %.0f/s measured; latency p50 %.2fms p99 %.2fms p99.9 %.2fms max %.2fms\n",
+		what := "messages     %d sent, %d replies, %d lost"
+		if s.OCPP != nil {
+			what = "heartbeats   %d sent, %d answered, %d unanswered"
+		}
+		fmt.Fprintf(w, what+"; %.0f/s measured; latency p50 %.2fms p99 %.2fms p99.9 %.2fms max %.2fms\n",
 			s.Sent, s.Recv, s.Lost, s.MsgsPerSec, s.P50Ms, s.P99Ms, s.P999Ms, s.MaxMs)
+	}
+	if c := s.OCPP; c != nil {
+		fmt.Fprintf(w, "boots        %d sent, %d answered\n", c.Boots, c.BootsAnswered)
+		if c.CallsSent > 0 {
+			fmt.Fprintf(w, "calls        %d sent, %d answered 200 (%.0f/s measured); latency p50 %.2fms p90 %.2fms p99 %.2fms max %.2fms\n",
+				c.CallsSent, c.CallsOK, c.CallsPerSec, c.CallP50Ms, c.CallP90Ms, c.CallP99Ms, c.CallMaxMs)
+			fmt.Fprintf(w, "             %d CALLs answered by the chargers, reached them in p50 %.2fms p99 %.2fms", c.CallsAnswered, c.CallDeliverP50Ms, c.CallDeliverP99Ms)
+			if len(c.CallsFailed) > 0 {
+				keys := make([]string, 0, len(c.CallsFailed))
+				for k := range c.CallsFailed {
+					keys = append(keys, k)
+				}
+				sort.Strings(keys)
+				fmt.Fprint(w, "; failed:")
+				for _, k := range keys {
+					fmt.Fprintf(w, " %s x%d", k, c.CallsFailed[k])
+				}
+				fmt.Fprintf(w, " (last: %s)", c.CallError)
+			} else {
+				fmt.Fprint(w, "; none failed")
+			}
+			fmt.Fprintln(w)
+		}
 	}
 	if s.PushesSent > 0 || s.PushesFailed > 0 {
 		fmt.Fprintf(w, "pushes       %d sent (%d failed), %d received; latency p50 %.2fms p99 %.2fms\n",
@@ -738,6 +871,9 @@ func printSummary(w io.Writer, s *Summary) {
 	for i, b := range s.Broadcasts {
 		fmt.Fprintf(w, "broadcast %d  delivered to %d, received by %d; all within %.1fms (p50 %.1fms); gateway CPU %.0fms\n",
 			i+1, b.Delivered, b.Received, b.AllWithinMs, b.P50Ms, b.CPUMs)
+	}
+	if s.PingsPerSec > 0 {
+		fmt.Fprintf(w, "pings        %.0f/s from the gateway in the window, answered\n", s.PingsPerSec)
 	}
 	fmt.Fprintf(w, "errors       %d (%d connections closed)", s.Errors, s.Closed)
 	if s.LastError != "" {
@@ -756,6 +892,11 @@ func printSummary(w io.Writer, s *Summary) {
 		}
 		if g.CPUPerPushUs > 0 {
 			fmt.Fprintf(w, ", %.1f µs per push", g.CPUPerPushUs)
+		}
+		if g.CPUPerCallUs > 0 {
+			fmt.Fprintf(w, ", %.1f µs per call (the heartbeats' share included)", g.CPUPerCallUs)
+		} else if g.CPUPerMsgUs > 0 && s.OCPP != nil {
+			fmt.Fprint(w, " (per heartbeat)")
 		}
 		fmt.Fprintf(w, "; %d open files, %d threads\n", g.FDs, g.Threads)
 		fmt.Fprintf(w, "kernel       %.2f KiB of slab per gateway-side socket (half the growth: both ends are here), %.2f KiB of TCP buffers\n",

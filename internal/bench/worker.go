@@ -42,6 +42,7 @@ type workerConfig struct {
 	Sources  bool          `json:"sources"`  // spread connections over 127.0.1.x source addresses
 	Insecure bool          `json:"insecure"` // wss: accept any certificate
 	Compress bool          `json:"compress"` // offer permessage-deflate; pad messages with OCPP-like JSON
+	OCPP     bool          `json:"ocpp"`     // chargers: boot, heartbeat every Interval, answer CALLs (ocpp.go)
 }
 
 // deflateOffer is what a load connection offers with -compression: what
@@ -52,12 +53,17 @@ const deflateOffer = "Sec-WebSocket-Extensions: permessage-deflate; server_no_co
 // deflates as a charger's would, not a run of one letter.
 const ocppPad = `[2,"3f1c","MeterValues",{"connectorId":1,"transactionId":48213,"meterValue":[{"timestamp":"2026-12-01T10:00:00Z","sampledValue":[{"value":"18342.7","context":"Sample.Periodic","measurand":"Energy.Active.Import.Register","unit":"Wh"},{"value":"7.36","measurand":"Power.Active.Import","unit":"kW"},{"value":"231.4","measurand":"Voltage","phase":"L1","unit":"V"}]}]}]`
 
-// offer returns the extension header line a connection's upgrade carries.
+// offer returns the header lines a connection's upgrade adds: the deflate
+// offer, the OCPP subprotocol.
 func (cfg *workerConfig) offer() string {
+	s := ""
 	if cfg.Compress {
-		return deflateOffer
+		s = deflateOffer
 	}
-	return ""
+	if cfg.OCPP {
+		s += "Sec-WebSocket-Protocol: " + ocppProtocol + "\r\n"
+	}
+	return s
 }
 
 // report is a worker's cumulative counts, sent every second.
@@ -71,11 +77,18 @@ type report struct {
 	Pushes      int64  `json:"pushes"` // pushes and broadcasts received
 	Closed      int64  `json:"closed"` // connections the server closed or that dropped
 	Errors      int64  `json:"errors"` // send failures, bad frames
+	Pings       int64  `json:"pings"`  // pings from the gateway, answered
 	LastError   string `json:"last_error,omitempty"`
 	Lat         Counts `json:"lat"`      // reply latency
 	PushLat     Counts `json:"push_lat"` // push and broadcast latency
 	ConnLat     Counts `json:"conn_lat"` // dial to 101
 	Done        bool   `json:"done"`     // the worker is finished
+
+	// The OCPP shape: Sent, Recv and Lat are the heartbeats.
+	Boots   int64  `json:"boots,omitempty"`    // BootNotifications sent
+	BootsOK int64  `json:"boots_ok,omitempty"` // and answered
+	Calls   int64  `json:"calls,omitempty"`    // CALLs received and answered
+	CallLat Counts `json:"call_lat,omitempty"` // a call's POST to the charger's receipt
 }
 
 // worker opens and drives its share of the connections.
@@ -89,6 +102,9 @@ type worker struct {
 	lastErr                           atomic.Value
 	finishing                         atomic.Bool // closing our own connections: not errors
 	lat, pushLat, connLat             Histogram
+	pings                             atomic.Int64
+	boots, bootsOK, calls             atomic.Int64 // the OCPP shape
+	callLat                           Histogram
 
 	mu    sync.Mutex
 	slots [][]*loadConn // the send schedule: slot k sends at tick k
@@ -183,7 +199,10 @@ func (w *worker) snapshot(done bool) report {
 	r := report{
 		Worker: w.index, Connected: w.connected.Load(), ConnectOK: w.connectOK.Load(), ConnectFail: w.connectFail.Load(),
 		Sent: w.sent.Load(), Recv: w.recv.Load(), Pushes: w.pushes.Load(), Closed: w.closed.Load(), Errors: w.errs.Load(),
-		Lat: w.lat.Snapshot(), PushLat: w.pushLat.Snapshot(), ConnLat: w.connLat.Snapshot(), Done: done,
+		Pings: w.pings.Load(), Lat: w.lat.Snapshot(), PushLat: w.pushLat.Snapshot(), ConnLat: w.connLat.Snapshot(), Done: done,
+	}
+	if w.cfg.OCPP {
+		r.Boots, r.BootsOK, r.Calls, r.CallLat = w.boots.Load(), w.bootsOK.Load(), w.calls.Load(), w.callLat.Snapshot()
 	}
 	if e, ok := w.lastErr.Load().(string); ok {
 		r.LastError = e
@@ -370,6 +389,11 @@ func (w *worker) open(ctx context.Context, g int) {
 		fail(err)
 		return
 	}
+	if w.cfg.OCPP && resp.Header.Get("Sec-WebSocket-Protocol") != ocppProtocol {
+		conn.Close()
+		fail(errors.New("the gateway chose no subprotocol " + ocppProtocol + ": a charger hangs up"))
+		return
+	}
 	_ = conn.SetDeadline(time.Time{})
 	lc := &loadConn{w: w, idx: g}
 	lc.rd.Deflate = w.cfg.Compress && resp.Header.Get("Sec-WebSocket-Extensions") != ""
@@ -399,14 +423,18 @@ func (w *worker) open(ctx context.Context, g int) {
 		lc.onData(rest)
 	}
 	w.keep(lc)
+	if w.cfg.OCPP {
+		lc.send('b')
+	}
 }
 
 // keep adds an upgraded connection to those that send, in a random slot
-// of the sending schedule.
+// of the sending schedule; a charger's heartbeats wait for its boot to be
+// answered (beat).
 func (w *worker) keep(lc *loadConn) {
 	w.mu.Lock()
 	w.all = append(w.all, lc)
-	if w.slots != nil {
+	if w.slots != nil && !w.cfg.OCPP {
 		k := rand.IntN(len(w.slots))
 		w.slots[k] = append(w.slots[k], lc)
 	}
@@ -495,22 +523,61 @@ func (lc *loadConn) shaken(head []byte) bool {
 		lc.mu.Lock()
 		return false
 	}
+	lower := bytes.ToLower(head)
+	if w.cfg.OCPP && !bytes.Contains(lower, []byte("\r\nsec-websocket-protocol: "+ocppProtocol+"\r\n")) {
+		lc.mu.Unlock()
+		lc.handshakeFailed(fmt.Errorf("connect %s%d: the gateway chose no subprotocol %s: a charger hangs up", w.cfg.Prefix, lc.idx, ocppProtocol))
+		lc.mu.Lock()
+		return false
+	}
 	lc.shaking = false
-	lc.rd.Deflate = w.cfg.Compress && bytes.Contains(bytes.ToLower(head), []byte("sec-websocket-extensions: permessage-deflate"))
+	lc.rd.Deflate = w.cfg.Compress && bytes.Contains(lower, []byte("sec-websocket-extensions: permessage-deflate"))
 	_ = lc.nc.(*nbio.Conn).SetReadDeadline(time.Time{}) // only openAsync's connections shake here
 	w.connLat.Record(time.Since(lc.started))
 	w.connectOK.Add(1)
 	w.connected.Add(1)
 	w.keep(lc)
+	if w.cfg.OCPP {
+		lc.sendLocked('b')
+	}
 	lc.shakeEnd()
 	return true
 }
 
 // send writes one message: kind, the send time, the connection, a sequence
-// number, padded to the configured size. The echo API sends it back.
+// number, padded to the configured size. The echo API sends it back. In the
+// OCPP shape it is a CALL (ocpp.go): kind 'b' a BootNotification, else a
+// Heartbeat.
 func (lc *loadConn) send(kind byte) {
 	lc.mu.Lock()
+	err := lc.write(kind)
+	lc.mu.Unlock()
+	lc.sent(kind, err)
+}
+
+// sendLocked is send with lc.mu held.
+func (lc *loadConn) sendLocked(kind byte) { lc.sent(kind, lc.write(kind)) }
+
+// sent counts a message written, or its failure.
+func (lc *loadConn) sent(kind byte, err error) {
+	switch {
+	case err != nil:
+		lc.w.errs.Add(1)
+		lc.w.noteError(fmt.Errorf("send: %w", err))
+	case kind == 'b':
+		lc.w.boots.Add(1)
+	default:
+		lc.w.sent.Add(1)
+	}
+}
+
+// write builds and writes one message; lc.mu is held.
+func (lc *loadConn) write(kind byte) error {
 	lc.seq++
+	if lc.w.cfg.OCPP {
+		lc.buf = appendOCPPCall(lc.buf[:0], kind, lc.idx, lc.seq)
+		return lc.writeText(lc.buf)
+	}
 	p := lc.buf[:0]
 	p = append(p, kind)
 	p = strconv.AppendInt(p, time.Now().UnixNano(), 10)
@@ -526,6 +593,13 @@ func (lc *loadConn) send(kind byte) {
 		}
 		p = append(p, 'x')
 	}
+	lc.buf = p
+	return lc.writeText(p)
+}
+
+// writeText writes p as a text frame, deflated if negotiated; lc.mu is
+// held.
+func (lc *loadConn) writeText(p []byte) error {
 	if lc.rd.Deflate {
 		// Deflated on its own (no context takeover), RSV1 on, masked.
 		lc.zbuf = ws.AppendDeflated(lc.zbuf[:0], p)
@@ -537,15 +611,8 @@ func (lc *loadConn) send(kind byte) {
 	} else {
 		lc.frame = ws.AppendFrame(lc.frame[:0], ws.OpText, p, &lc.key)
 	}
-	lc.buf = p
 	_, err := lc.nc.Write(lc.frame)
-	lc.mu.Unlock()
-	if err != nil {
-		lc.w.errs.Add(1)
-		lc.w.noteError(fmt.Errorf("send: %w", err))
-		return
-	}
-	lc.w.sent.Add(1)
+	return err
 }
 
 func (lc *loadConn) onData(data []byte) {
@@ -579,6 +646,7 @@ func (lc *loadConn) onData(data []byte) {
 		case ws.OpText, ws.OpBinary:
 			lc.received(m.Payload)
 		case ws.OpPing:
+			lc.w.pings.Add(1)
 			_, _ = lc.nc.Write(ws.AppendFrame(nil, ws.OpPong, m.Payload, &lc.key))
 		case ws.OpClose:
 			code, reason, _ := ws.ParseClose(m.Payload)
@@ -594,8 +662,13 @@ func (lc *loadConn) onData(data []byte) {
 	}
 }
 
-// received records a message's latency from the send time it carries.
+// received records a message's latency from the send time it carries;
+// lc.mu is held.
 func (lc *loadConn) received(p []byte) {
+	if lc.w.cfg.OCPP {
+		lc.receivedOCPP(p)
+		return
+	}
 	now := time.Now().UnixNano()
 	if len(p) < 2 {
 		return
