@@ -21,6 +21,7 @@ import (
 
 	"github.com/lesismal/nbio"
 
+	"github.com/ws2api/ws2api/internal/http1"
 	"github.com/ws2api/ws2api/internal/loop"
 )
 
@@ -140,7 +141,7 @@ func (ec *echoConn) serve(data []byte) ([]byte, error) {
 		ec.api.logMu.Unlock()
 	}
 	if err != nil {
-		out = append(out, "HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"...)
+		out = http1.AppendResponse(out, &http1.Response{Status: 400, Close: true})
 	}
 	switch {
 	case len(buf) == 0:
@@ -153,6 +154,9 @@ func (ec *echoConn) serve(data []byte) ([]byte, error) {
 	ec.out = out
 	return out, err
 }
+
+// okBody is the body of an accepting answer.
+var okBody = []byte("ok")
 
 // answer appends the answer to the request at the start of b and returns
 // the bytes consumed, or 0 if the request is not complete.
@@ -199,7 +203,7 @@ func (ec *echoConn) answer(out, b []byte) ([]byte, int, error) {
 	}
 	body := b[end+4 : total]
 	if time.Now().UnixNano() < ec.api.until.Load() {
-		return append(out, "HTTP/1.1 503 Service Unavailable\r\nContent-Length: 0\r\n\r\n"...), total, nil
+		return http1.AppendResponse(out, &http1.Response{Status: 503}), total, nil
 	}
 	if ec.api.opts.Log != nil {
 		target, _, _ := bytes.Cut(bytes.TrimPrefix(line, append(method, ' ')), []byte(" "))
@@ -216,38 +220,29 @@ func (ec *echoConn) answer(out, b []byte) ([]byte, int, error) {
 		switch string(method) {
 		case "GET":
 			// The subprotocol: the first the charger offered.
-			out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\n"...)
+			r := http1.Response{Status: 200, ContentType: "text/plain", Body: okBody}
 			if first, _, _ := bytes.Cut(protocols, []byte(",")); len(bytes.TrimSpace(first)) > 0 {
-				out = append(out, "Sec-WebSocket-Protocol: "...)
-				out = append(out, bytes.TrimSpace(first)...)
-				out = append(out, "\r\n"...)
+				r.Header = []http1.Header{{Name: "Sec-WebSocket-Protocol", Value: string(bytes.TrimSpace(first))}}
 			}
-			return append(out, "Content-Length: 2\r\n\r\nok"...), total, nil
+			return http1.AppendResponse(out, &r), total, nil
 		case "POST":
 			var ok bool
 			if ec.body, ok = appendOCPPAnswer(ec.body[:0], body); ok {
-				out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: "...)
-				out = strconv.AppendInt(out, int64(len(ec.body)), 10)
-				out = append(out, "\r\n\r\n"...)
-				return append(out, ec.body...), total, nil
+				return http1.AppendResponse(out, &http1.Response{Status: 200, ContentType: "application/json", Body: ec.body}), total, nil
 			}
 		}
 	}
 	switch string(method) {
 	case "GET":
-		out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\n\r\nok"...)
+		out = http1.AppendResponse(out, &http1.Response{Status: 200, ContentType: "text/plain", Body: okBody})
 	case "POST":
-		out = append(out, "HTTP/1.1 200 OK\r\nContent-Type: "...)
-		if len(ctype) == 0 {
-			ctype = []byte("text/plain")
+		r := http1.Response{Status: 200, ContentType: "text/plain", Body: body}
+		if len(ctype) > 0 {
+			r.ContentType = string(ctype)
 		}
-		out = append(out, ctype...)
-		out = append(out, "\r\nContent-Length: "...)
-		out = strconv.AppendInt(out, int64(len(body)), 10)
-		out = append(out, "\r\n\r\n"...)
-		out = append(out, body...)
+		out = http1.AppendResponse(out, &r)
 	default:
-		out = append(out, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"...)
+		out = http1.AppendResponse(out, &http1.Response{Status: 200})
 	}
 	return out, total, nil
 }
