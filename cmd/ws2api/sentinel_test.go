@@ -92,21 +92,24 @@ func TestClusterSentinelFailover(t *testing.T) {
 		conn *websocket.Conn
 		got  chan string
 	}
+	connect := func(n *proc, id string) *client {
+		c := &client{id: id, at: n, got: make(chan string, 1024)}
+		c.conn = testkit.Dial(t, "ws://"+n.public+"/"+c.id, nil)
+		go func() {
+			for {
+				_, b, err := c.conn.ReadMessage()
+				if err != nil {
+					return
+				}
+				c.got <- string(b)
+			}
+		}()
+		return c
+	}
 	var clients []*client
 	for i, n := range nodes {
 		for j := range 5 {
-			c := &client{id: fmt.Sprintf("s%d-%d", i, j), at: n, got: make(chan string, 1024)}
-			c.conn = testkit.Dial(t, "ws://"+n.public+"/"+c.id, nil)
-			go func() {
-				for {
-					_, b, err := c.conn.ReadMessage()
-					if err != nil {
-						return
-					}
-					c.got <- string(b)
-				}
-			}()
-			clients = append(clients, c)
+			clients = append(clients, connect(n, fmt.Sprintf("s%d-%d", i, j)))
 		}
 	}
 	// everyoneReachable pushes to every client through every other node
@@ -187,6 +190,9 @@ func TestClusterSentinelFailover(t *testing.T) {
 		mu.Unlock()
 		_ = servers[victim].cmd.Process.Kill()
 		<-servers[victim].done
+		// A client connecting while no primary is reachable: its
+		// presence is written once the bus is back.
+		during := connect(nodes[0], "during-"+strings.ReplaceAll(round, " ", "-"))
 		deadline := time.Now().Add(20 * time.Second)
 		for {
 			mu.Lock()
@@ -202,6 +208,7 @@ func TestClusterSentinelFailover(t *testing.T) {
 		}
 		close(stop)
 		wg.Wait()
+		clients = append(clients, during) // reachable from every node, like the others
 		// (The sentinel asked may learn of the promotion a moment after
 		// the one that made it, and the nodes, heard.)
 		for deadline := time.Now().Add(10 * time.Second); master() == victim; time.Sleep(100 * time.Millisecond) {
