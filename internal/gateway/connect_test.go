@@ -133,8 +133,9 @@ func TestAPIAnswersDecideTheUpgrade(t *testing.T) {
 			t.Errorf("%s: %d %q, want %d %q", c.id, status, body, c.status, c.body)
 		}
 	}
-	// Nothing was upgraded, so there is nothing to DELETE.
-	time.Sleep(50 * time.Millisecond)
+	// Nothing was upgraded, so there is nothing to DELETE: none once the
+	// gateway has drained.
+	h.drain()
 	for _, c := range api.Calls() {
 		if c.Method != "GET" {
 			t.Errorf("unexpected %s", c)
@@ -214,7 +215,7 @@ func TestSameIDReplacesTheOldConnection(t *testing.T) {
 	if del.ConnID() != gets[1] {
 		t.Fatalf("DELETE for connection %s, want only the second's (%s)", del.ConnID(), gets[1])
 	}
-	time.Sleep(100 * time.Millisecond)
+	h.drain() // every DELETE due has been sent
 	n := 0
 	for _, c := range api.CallsFor("dup") {
 		if c.Method == "DELETE" {

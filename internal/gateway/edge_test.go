@@ -5,6 +5,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -70,19 +71,17 @@ func TestMaxConnsAnswers503(t *testing.T) {
 	}
 	a.Close()
 	h.waitCount(1)
-	// The slot is free again once the closed connection is gone.
-	deadline := time.Now().Add(wait)
-	for {
-		c, resp, err := testkit.TryDial(h.url("c"), nil)
-		if err == nil {
-			c.Close()
-			break
+	// The slot is free again once the closed connection is gone: OnClose
+	// gives it back before it leaves the registry.
+	c, resp, err := testkit.TryDial(h.url("c"), nil)
+	if err != nil {
+		status := 0
+		if resp != nil {
+			status = resp.StatusCode
 		}
-		if resp == nil || resp.StatusCode != 503 || time.Now().After(deadline) {
-			t.Fatalf("after a client left: %v", err)
-		}
-		time.Sleep(10 * time.Millisecond)
+		t.Fatalf("after a client left: %d %v", status, err)
 	}
+	c.Close()
 }
 
 // A client sending faster than MaxMessageRate is paced, not punished: a
@@ -184,6 +183,11 @@ func TestDeadPeerIsClosedAndItsDELETESent(t *testing.T) {
 
 	// A client that answers pings (gorilla does, while it reads) stays.
 	alive := testkit.Dial(t, h.url("alive"), nil)
+	var answered atomic.Int32
+	alive.SetPingHandler(func(data string) error {
+		answered.Add(1)
+		return alive.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(wait))
+	})
 	go func() {
 		for {
 			if _, _, err := alive.ReadMessage(); err != nil {
@@ -215,7 +219,10 @@ func TestDeadPeerIsClosedAndItsDELETESent(t *testing.T) {
 		t.Fatalf("closes{cause=ping_timeout} = %d, want 1", n)
 	}
 
-	time.Sleep(3 * (interval + timeout))
+	// Three more ping cycles, each of which would have closed it had its
+	// pong not counted (TestKeepaliveTimeline has the exact timeline).
+	before := answered.Load()
+	eventually(t, "alive to answer three more pings", func() bool { return answered.Load() >= before+3 })
 	if calls := api.CallsFor("alive"); calls[len(calls)-1].Method == "DELETE" {
 		t.Fatal("a client answering pings was closed")
 	}
@@ -232,6 +239,7 @@ func TestIdleClientIsClosedWith1001(t *testing.T) {
 	busy := testkit.Dial(t, h.url("busy"), nil)
 	stop := make(chan struct{})
 	defer close(stop)
+	var trips atomic.Int32 // busy's round trips
 	go func() {
 		t := time.NewTicker(idle / 5)
 		defer t.Stop()
@@ -246,6 +254,7 @@ func TestIdleClientIsClosedWith1001(t *testing.T) {
 				if _, _, err := busy.ReadMessage(); err != nil {
 					return
 				}
+				trips.Add(1)
 			}
 		}
 	}()
@@ -258,7 +267,11 @@ func TestIdleClientIsClosedWith1001(t *testing.T) {
 	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1001" {
 		t.Fatalf("DELETE code %s", code)
 	}
-	time.Sleep(2 * idle)
+	// Twice the idle timeout of busy's traffic (a round trip each fifth
+	// of it), after which it is still there (TestKeepaliveTimeline has the
+	// exact timeline).
+	before := trips.Load()
+	eventually(t, "ten more round trips of busy's", func() bool { return trips.Load() >= before+10 })
 	if h.srv.Count() != 1 {
 		t.Fatalf("%d clients connected; the busy one should stay", h.srv.Count())
 	}
@@ -374,9 +387,9 @@ func TestAPISetsAConnectionsPingInterval(t *testing.T) {
 	})
 	const interval, timeout = 100 * time.Millisecond, 200 * time.Millisecond
 	h := newHarness(t, api, harnessOpts{gw: gateway.Options{PingInterval: interval, PingTimeout: timeout}})
-	deaf := func(id string) *websocket.Conn {
+	deaf := func(id string, pinged *atomic.Int32) *websocket.Conn {
 		c := testkit.Dial(t, h.url(id), nil)
-		c.SetPingHandler(func(string) error { return nil }) // never answers
+		c.SetPingHandler(func(string) error { pinged.Add(1); return nil }) // never answers
 		go func() {
 			for {
 				if _, _, err := c.ReadMessage(); err != nil {
@@ -386,10 +399,26 @@ func TestAPISetsAConnectionsPingInterval(t *testing.T) {
 		}()
 		return c
 	}
+	// witness answers its pings: their count tells how many ping cycles
+	// of -ping-interval have passed.
+	witness := testkit.Dial(t, h.url("witness"), nil)
+	var witnessed atomic.Int32
+	witness.SetPingHandler(func(data string) error {
+		witnessed.Add(1)
+		return witness.WriteControl(websocket.PongMessage, []byte(data), time.Now().Add(wait))
+	})
+	go func() {
+		for {
+			if _, _, err := witness.ReadMessage(); err != nil {
+				return
+			}
+		}
+	}()
 	start := time.Now()
-	deaf("default")
-	deaf("never")
-	deaf("slow")
+	var pinged [3]atomic.Int32
+	deaf("default", &pinged[0])
+	deaf("never", &pinged[1])
+	deaf("slow", &pinged[2])
 	del := api.WaitDelete("default", wait)
 	if code := del.Header.Get("X-Ws2api-Close-Code"); code != "1006" || del.Body != "ping timeout" {
 		t.Fatalf("default's DELETE: %s %q, want 1006 \"ping timeout\"", code, del.Body)
@@ -401,11 +430,16 @@ func TestAPISetsAConnectionsPingInterval(t *testing.T) {
 	if del.Body != "ping timeout" {
 		t.Errorf("slow's DELETE body %q", del.Body)
 	}
-	// never has been silent for 5 of -ping-interval plus -ping-timeout
-	// since slow was found dead: it is still there.
-	time.Sleep(5 * (interval + timeout))
+	// never stays silent for 5 more ping cycles of -ping-interval (the
+	// witness's) since slow was found dead: it is still there, and was
+	// never pinged (TestKeepaliveTimeline has the exact timeline).
+	before := witnessed.Load()
+	eventually(t, "five more of the witness's pings", func() bool { return witnessed.Load() >= before+5 })
 	if calls := api.CallsFor("never"); calls[len(calls)-1].Method == http.MethodDelete {
 		t.Fatal("a connection the API exempted from pings was closed")
+	}
+	if n := pinged[1].Load(); n != 0 {
+		t.Fatalf("the connection the API exempted from pings was pinged %d times", n)
 	}
 	if status, _ := h.ctl("GET", "/never", "", ""); status != 200 {
 		t.Fatalf("never: info %d", status)

@@ -185,7 +185,6 @@ func TestConnectionsAreServedConcurrently(t *testing.T) {
 	b := testkit.Dial(t, h.url("b"), nil)
 	_ = a.WriteMessage(1, []byte("x"))
 	api.WaitFor(wait, "POST /a", func(c testkit.Call) bool { return c.Method == "POST" && c.ID == "a" })
-	time.Sleep(10 * time.Millisecond)
 	_ = b.WriteMessage(1, []byte("y"))
 	if _, got := testkit.Read(t, b, wait); got != "b done" {
 		t.Fatalf("b: %q", got)

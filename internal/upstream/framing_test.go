@@ -262,6 +262,7 @@ func TestHostClientCountsNoResetConnectionAsOpen(t *testing.T) {
 // connection dies without an answer: another is opened for it at once.
 func TestHostClientOpensAConnectionForWaitingRequestsWhenOneDies(t *testing.T) {
 	t.Parallel()
+	dieIn, drop := newSignal(), make(chan struct{})
 	url, _ := rawServer(t, func(c net.Conn, br *bufio.Reader) {
 		for {
 			req, err := http.ReadRequest(br)
@@ -269,7 +270,8 @@ func TestHostClientOpensAConnectionForWaitingRequestsWhenOneDies(t *testing.T) {
 				return
 			}
 			if req.URL.Path == "/die" {
-				time.Sleep(100 * time.Millisecond) // the other request queues meanwhile
+				dieIn.raise()
+				<-drop // the other request queues meanwhile
 				return
 			}
 			fmt.Fprint(c, "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
@@ -278,17 +280,24 @@ func TestHostClientOpensAConnectionForWaitingRequestsWhenOneDies(t *testing.T) {
 	p := newTestClient(t, HostOptions{BaseURL: url, MaxConns: 1, Timeout: 30 * time.Second})
 	died := make(chan result, 1)
 	go func() { died <- do(p, &Request{Method: "POST", Path: "die"}) }()
-	for {
-		p.mu.Lock()
-		busy := len(p.conns) == 1 && len(p.idle) == 0
-		p.mu.Unlock()
-		if busy {
-			break
-		}
-		time.Sleep(time.Millisecond)
+	dieIn.wait(t, "/die to reach the API") // its one connection is busy with it
+	p.mu.Lock()
+	busy := len(p.conns) == 1 && len(p.idle) == 0
+	p.mu.Unlock()
+	if !busy {
+		t.Fatal("the connection the API holds /die on is not the one busy connection")
 	}
 	start := time.Now()
-	if r := do(p, &Request{Method: "POST", Path: "wait"}); r.err != nil || r.body != "ok" {
+	done, next := callback(make(chan result, 1))
+	p.Do(&Request{Method: "POST", Path: "wait"}, done)
+	p.mu.Lock()
+	queued := p.line.len()
+	p.mu.Unlock()
+	if queued != 1 {
+		t.Fatalf("%d requests waiting for the busy connection, want 1", queued)
+	}
+	close(drop) // the connection dies without an answer
+	if r := next(); r.err != nil || r.body != "ok" {
 		t.Fatalf("waiting request: %+v", r)
 	}
 	if d := time.Since(start); d > 5*time.Second {

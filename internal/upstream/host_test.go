@@ -73,13 +73,24 @@ func newTestClient(t *testing.T, o HostOptions) *HostClient {
 	return p
 }
 
-// No request waits behind another: 50 requests to a handler that takes
-// 300 ms are answered together, on 50 connections, not one after another
-// (pipelined 16 deep on a few connections, the last took 4.8 s).
+// No request waits behind another: 50 requests to a handler that answers
+// none until all 50 are with it are answered together, on 50 connections,
+// not one after another (pipelined 16 deep on a few connections, the last
+// took 4.8 s).
 func TestHostClientNeverQueuesARequestBehindAnother(t *testing.T) {
 	t.Parallel()
+	var arrived atomic.Int32
+	all := make(chan struct{})
 	srv, conns := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
-		time.Sleep(300 * time.Millisecond)
+		if arrived.Add(1) == 50 {
+			close(all)
+		}
+		select {
+		case <-all:
+		case <-time.After(5 * time.Second):
+			fmt.Fprint(w, "answered alone: the 50 were never with the API together")
+			return
+		}
 		b, _ := io.ReadAll(r.Body)
 		w.Write(b)
 	})
@@ -96,7 +107,7 @@ func TestHostClientNeverQueuesARequestBehindAnother(t *testing.T) {
 	}
 	wg.Wait()
 	if d := time.Since(start); d > 1500*time.Millisecond {
-		t.Fatalf("50 requests of 300 ms took %v: they waited behind each other", d)
+		t.Fatalf("50 requests answered together took %v: they waited behind each other", d)
 	}
 	if conns.Load() != 50 {
 		t.Fatalf("%d connections for 50 requests at once", conns.Load())
@@ -185,8 +196,10 @@ func TestHostClientSurvivesTheServerClosingConnections(t *testing.T) {
 
 func TestHostClientTimesOutASlowRequestAndKeepsServingOthers(t *testing.T) {
 	t.Parallel()
+	slowIn := newSignal()
 	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
 		if r.URL.Path == "/slow" {
+			slowIn.raise()
 			select {
 			case <-time.After(time.Second):
 			case <-r.Context().Done():
@@ -197,7 +210,7 @@ func TestHostClientTimesOutASlowRequestAndKeepsServingOthers(t *testing.T) {
 	p := newTestClient(t, HostOptions{BaseURL: srv.URL, MaxConns: 2, Timeout: 300 * time.Millisecond})
 	slow := make(chan result, 1)
 	go func() { slow <- do(p, &Request{Method: "POST", Path: "slow"}) }()
-	time.Sleep(20 * time.Millisecond)
+	slowIn.wait(t, "the slow request to reach the API") // it holds a connection
 	// Not pipelined behind the slow request: it goes on another
 	// connection and is answered long before the slow one times out.
 	start := time.Now()
@@ -261,21 +274,31 @@ func TestHostClientQueuesBeyondItsConnections(t *testing.T) {
 
 func TestHostClientCloseFailsWhatIsLeft(t *testing.T) {
 	t.Parallel()
+	in := newSignal()
 	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
+		in.raise()
 		<-r.Context().Done()
 	})
 	p, err := NewHostClient(HostOptions{BaseURL: srv.URL, MaxConns: 1})
 	if err != nil {
 		t.Fatal(err)
 	}
-	results := make(chan result, 3)
+	t.Cleanup(p.Close) // a failed test's handler let go (Close is idempotent)
+	done, next := callback(make(chan result, 3))
 	for range 3 {
-		go func() { results <- do(p, &Request{Method: "POST", Path: "x"}) }()
+		p.Do(&Request{Method: "POST", Path: "x"}, done)
 	}
-	time.Sleep(100 * time.Millisecond)
+	// One in flight (the API has it), two waiting for its connection.
+	in.wait(t, "a request to reach the API")
+	p.mu.Lock()
+	waiting := p.line.len()
+	p.mu.Unlock()
+	if waiting != 2 {
+		t.Fatalf("%d requests waiting, want 2 behind the one in flight", waiting)
+	}
 	p.Close()
 	for range 3 {
-		if r := <-results; !errors.Is(r.err, ErrClosed) {
+		if r := next(); !errors.Is(r.err, ErrClosed) {
 			t.Fatalf("%+v, want ErrClosed", r)
 		}
 	}
@@ -320,23 +343,23 @@ func TestHostClientAnswersMatchWhenSentFromManyGoroutines(t *testing.T) {
 // API and its callback never runs; one already sent is not canceled.
 func TestHostClientCancelTakesAWaitingRequestOutOfLine(t *testing.T) {
 	t.Parallel()
-	release := make(chan struct{})
+	release := newSignal()
 	var seen sync.Map
+	firstIn := newSignal()
 	srv, _ := echoServer(t, func(w http.ResponseWriter, r *http.Request) {
 		seen.Store(r.URL.Path, true)
-		<-release
+		if r.URL.Path == "/first" {
+			firstIn.raise()
+		}
+		<-release.ch
 		fmt.Fprint(w, "done")
 	})
+	t.Cleanup(release.raise) // a failed test's server closes, its handler let go
 	p := newTestClient(t, HostOptions{BaseURL: srv.URL, MaxConns: 1})
 	first := &Request{Method: "GET", Path: "first"}
 	answered := make(chan result, 1)
 	p.Do(first, func(resp *Response, err error) { answered <- result{err: err} })
-	for {
-		if _, ok := seen.Load("/first"); ok {
-			break
-		}
-		time.Sleep(time.Millisecond)
-	}
+	firstIn.wait(t, "the first request to reach the API")
 	second := &Request{Method: "GET", Path: "second"}
 	p.Do(second, func(*Response, error) { t.Error("the canceled request's callback ran") })
 	if p.Cancel(first) {
@@ -345,7 +368,7 @@ func TestHostClientCancelTakesAWaitingRequestOutOfLine(t *testing.T) {
 	if !p.Cancel(second) || p.Cancel(second) {
 		t.Fatal("Cancel of the waiting request: want true once")
 	}
-	close(release)
+	release.raise()
 	if r := <-answered; r.err != nil {
 		t.Fatal(r.err)
 	}

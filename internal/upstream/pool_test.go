@@ -141,12 +141,16 @@ func TestPoolTakesAFailingBackendOutAndBackIn(t *testing.T) {
 func TestPoolBackendsChangeWithoutLosingRequests(t *testing.T) {
 	t.Parallel()
 	var slow atomic.Int32
+	allIn, release := newSignal(), newSignal()
 	mux := http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
-		slow.Add(1)
-		time.Sleep(50 * time.Millisecond)
+		if slow.Add(1) == 5 {
+			allIn.raise()
+		}
+		<-release.ch // answered once the backend is removed
 		fmt.Fprint(w, "old")
 	})
 	oldSrv, _ := echoServer(t, mux)
+	t.Cleanup(release.raise) // a failed test's server closes, its handlers let go
 	newSrv := newRestartable(t, "new")
 	pl, err := NewPool([]string{oldSrv.URL + "/"}, PoolOptions{HealthInterval: 10 * time.Millisecond})
 	if err != nil {
@@ -157,10 +161,11 @@ func TestPoolBackendsChangeWithoutLosingRequests(t *testing.T) {
 	for range 5 {
 		go func() { inFlight <- do(pl, &Request{Method: "POST", Path: "x"}) }()
 	}
-	time.Sleep(10 * time.Millisecond)
+	allIn.wait(t, "the 5 requests to be in flight on the old backend")
 	if err := pl.SetBackends([]string{newSrv.url()}); err != nil {
 		t.Fatal(err)
 	}
+	release.raise()
 	for range 5 {
 		if r := <-inFlight; r.err != nil || r.body != "old" {
 			t.Fatalf("request in flight on the removed backend: %+v", r)
@@ -232,9 +237,9 @@ func TestPoolMovesWaitingRequestsOffADeadBackend(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pl.Close)
-	results := make(chan result, 20)
+	done, next := callback(make(chan result, 20))
 	for range 20 {
-		go func() { results <- do(pl, &Request{Method: "POST", Path: "x"}) }()
+		pl.Do(&Request{Method: "POST", Path: "x"}, done)
 	}
 	// The dead backend's one connection holds a request; others wait.
 	var first net.Conn
@@ -243,13 +248,19 @@ func TestPoolMovesWaitingRequestsOffADeadBackend(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("no request reached the first backend")
 	}
-	time.Sleep(50 * time.Millisecond)
+	deadClient := (*pl.serving.Load())[0].client // in the order given
+	deadClient.mu.Lock()
+	waiting := deadClient.line.len()
+	deadClient.mu.Unlock()
+	if waiting == 0 {
+		t.Fatal("no request waits for the dead backend's connection")
+	}
 	dead.Close()
 	first.Close()
 	start := time.Now()
 	answered, failed := 0, 0
 	for range 20 {
-		r := <-results
+		r := next()
 		switch {
 		case r.err == nil && r.body == "alive":
 			answered++
@@ -271,8 +282,10 @@ func TestPoolMovesWaitingRequestsOffADeadBackend(t *testing.T) {
 func TestPoolKeepsWaitingRequestsWhenItsOnlyBackendGoesOut(t *testing.T) {
 	t.Parallel()
 	var n atomic.Int32
+	firstIn, submitted := newSignal(), newSignal()
 	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) {
-		time.Sleep(20 * time.Millisecond)
+		firstIn.raise()
+		<-submitted.ch // the first is held until all seven wait behind it
 		if n.Add(1) <= 3 {
 			w.WriteHeader(http.StatusServiceUnavailable)
 			return
@@ -290,13 +303,23 @@ func TestPoolKeepsWaitingRequestsWhenItsOnlyBackendGoesOut(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(pl.Close)
-	results := make(chan result, 7)
+	t.Cleanup(submitted.raise) // a failed test's handler let go
+	done, next := callback(make(chan result, 7))
 	for range 7 {
-		go func() { results <- do(pl, &Request{Method: "POST", Path: "x"}) }()
+		pl.Do(&Request{Method: "POST", Path: "x"}, done)
 	}
+	firstIn.wait(t, "the first request to reach the backend")
+	lone := (*pl.serving.Load())[0].client
+	lone.mu.Lock()
+	waiting := lone.line.len()
+	lone.mu.Unlock()
+	if waiting != 6 {
+		t.Fatalf("%d requests wait behind the first, want 6", waiting)
+	}
+	submitted.raise()
 	statuses := map[int]int{}
 	for range 7 {
-		r := <-results
+		r := next()
 		if r.err != nil {
 			t.Fatalf("a request failed: %v", r.err)
 		}
