@@ -212,9 +212,12 @@ func tallyReplies(got, sent map[string][]string, answers func(msg string) []stri
 			}
 			last = max(last, i)
 		}
-		for _, n := range seen {
+		for i, n := range seen {
 			if n == 0 {
 				r.unanswered++
+				if r.example == "" {
+					r.example = fmt.Sprintf("%s's %q unanswered", id, msgs[i])
+				}
 			}
 		}
 	}
