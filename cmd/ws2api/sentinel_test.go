@@ -3,6 +3,7 @@ package main
 import (
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -264,6 +265,13 @@ func TestClusterSentinelFailover(t *testing.T) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = frozen.cmd.Process.Signal(syscall.SIGCONT) })
+	// (The stop is delivered asynchronously: wait until every thread of
+	// the node is stopped, state T, before timing anything.)
+	for deadline := time.Now().Add(5 * time.Second); !stopped(frozen.cmd.Process.Pid); time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatal("the node is not stopped 5s after SIGSTOP")
+		}
+	}
 	stoppedAt := time.Now()
 	id := "s2-0"
 	for {
@@ -279,4 +287,23 @@ func TestClusterSentinelFailover(t *testing.T) {
 		}
 	}
 	t.Logf("a frozen node stopped being a relay target %v after it stopped", time.Since(stoppedAt).Round(time.Millisecond))
+}
+
+// stopped reports whether every thread of pid is stopped (state T).
+func stopped(pid int) bool {
+	tasks, err := os.ReadDir(fmt.Sprintf("/proc/%d/task", pid))
+	if err != nil || len(tasks) == 0 {
+		return false
+	}
+	for _, task := range tasks {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%s/stat", pid, task.Name()))
+		if err != nil {
+			return false
+		}
+		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
+		if len(f) == 0 || f[0] != "T" {
+			return false
+		}
+	}
+	return true
 }
