@@ -24,8 +24,8 @@ import (
 // (+switch-master) and the bus moves to the new master; it also asks
 // again every sentinelRefresh, in case it missed the announcement. The
 // password is the master's (and its replicas'); ?sentinel_password= is
-// the sentinels' own, if they require one. A sentinel list like
-// redis-sentinel:// is how Centrifugo and AnyCable take it too; rueidis's
+// the sentinels' own, if they require one. One URL carries all a
+// Sentinel client needs, so that one flag (or variable) does; rueidis's
 // own form (redis://s1:26379?addr=s2:26379&master_set=<master>) is
 // accepted as well.
 
