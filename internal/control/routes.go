@@ -109,50 +109,55 @@ func (h *Handler) match(method, path string, r *request) (*route, *result) {
 }
 
 // matchPath reports whether path fits pattern, and if so sets r's
-// segments. A wildcard never matches an empty segment.
+// segments. A wildcard never matches an empty segment. It walks both
+// strings segment by segment, allocating nothing: every push is routed
+// here.
 func matchPath(pattern, path string, r *request) bool {
 	if pattern == "/" || path == "/" {
 		return pattern == path
 	}
-	pat := strings.Split(pattern[1:], "/")
-	segs := strings.Split(strings.TrimPrefix(path, "/"), "/")
-	if pat[len(pat)-1] == "*" {
-		if len(segs) < len(pat)-1 {
-			return false
-		}
-		pat, segs = pat[:len(pat)-1], segs[:len(pat)-1]
-	}
-	if len(pat) != len(segs) {
-		return false
-	}
+	pat, rest := pattern[1:], strings.TrimPrefix(path, "/")
 	var id, group, name string
-	for i, p := range pat {
-		s := segs[i]
+	for {
+		p, pmore, pok := strings.Cut(pat, "/")
+		if p == "*" {
+			break // any rest
+		}
+		seg, smore, sok := strings.Cut(rest, "/")
 		switch p {
 		case "{id}", "{group}", "{name}":
-			if s == "" {
+			if seg == "" {
 				return false
 			}
 			if p != "{id}" {
-				d, err := url.PathUnescape(s)
+				d, err := url.PathUnescape(seg)
 				if err != nil {
 					return false
 				}
-				s = d
+				seg = d
 			}
 			switch p {
 			case "{id}":
-				id = s
+				id = seg
 			case "{group}":
-				group = s
+				group = seg
 			default:
-				name = s
+				name = seg
 			}
 		default:
-			if p != s {
+			if p != seg {
 				return false
 			}
 		}
+		switch {
+		case pok && sok:
+			pat, rest = pmore, smore
+			continue
+		case pok && pmore == "*": // "/debug/pprof" fits "/debug/pprof/*"
+		case pok || sok:
+			return false // one is longer
+		}
+		break
 	}
 	r.id, r.group, r.name = id, group, name
 	return true
