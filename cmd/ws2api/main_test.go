@@ -79,16 +79,26 @@ func startBinary(t *testing.T, binary string, env []string, args ...string) *pro
 	args = append(append(sub[:len(sub):len(sub)], "-log-format", "json", "-listen", "127.0.0.1:0", "-control", "127.0.0.1:0"), args...)
 	cmd := exec.Command(binary, args...)
 	cmd.Env = append(os.Environ(), env...)
-	stderr, err := cmd.StderrPipe()
+	// The log is a pipe of our own, not StderrPipe: the processes an
+	// upgrade starts inherit its write end, so it ends when the last of
+	// them exits, while p.exited tells of this process alone.
+	stderr, w, err := os.Pipe()
 	if err != nil {
 		t.Fatal(err)
 	}
-	if err := cmd.Start(); err != nil {
+	cmd.Stderr = w
+	err = cmd.Start()
+	w.Close()
+	if err != nil {
+		stderr.Close()
 		t.Fatal(err)
 	}
 	p := &proc{t: t, cmd: cmd, exited: make(chan struct{})}
 	ready := make(chan map[string]any, 1)
+	logged := make(chan struct{})
 	go func() {
+		defer close(logged)
+		defer stderr.Close()
 		sc := bufio.NewScanner(stderr)
 		for sc.Scan() {
 			line := sc.Text()
@@ -103,12 +113,18 @@ func startBinary(t *testing.T, binary string, env []string, args ...string) *pro
 				}
 			}
 		}
+	}()
+	go func() {
 		p.exitErr = cmd.Wait()
 		close(p.exited)
 	}()
 	t.Cleanup(func() {
 		_ = cmd.Process.Kill()
 		<-p.exited
+		select { // the rest of its log (an upgrade's processes are killed before this)
+		case <-logged:
+		case <-time.After(5 * time.Second):
+		}
 		if t.Failed() {
 			t.Logf("ws2api log:\n%s", p.logs())
 		}
@@ -118,6 +134,10 @@ func startBinary(t *testing.T, binary string, env []string, args ...string) *pro
 		p.public, p.control = rec["public"].(string), "http://"+rec["control"].(string)
 		p.node, _ = rec["node"].(string)
 	case <-p.exited:
+		select {
+		case <-logged:
+		case <-time.After(5 * time.Second):
+		}
 		t.Fatalf("ws2api exited before serving: %v\n%s", p.exitErr, p.logs())
 	case <-time.After(10 * time.Second):
 		t.Fatalf("ws2api did not start\n%s", p.logs())

@@ -263,6 +263,11 @@ func TestUpgradeWithUSR2RefusesNoConnection(t *testing.T) {
 	if !slices.Equal(got, want) {
 		t.Errorf("systemd was told %q, want %q", got, want)
 	}
+	select { // (gone() saw it exit; this is what orders reading its status after cmd.Wait's write)
+	case <-p.exited:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the first process has not been reaped")
+	}
 	if p.exitErr != nil || !strings.Contains(p.logs(), `"msg":"upgrade: the new process serves"`) {
 		t.Errorf("the first process: exit %v, log:\n%s", p.exitErr, p.logs())
 	}
