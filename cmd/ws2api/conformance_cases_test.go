@@ -315,15 +315,25 @@ func caseConnectBurst(t *testing.T, r *confRun) {
 // second later: nothing is lost, each client's messages first reach the API
 // in order, and every message carries a key of its own, the same on each
 // re-send, so that the only duplicates are ones the API can drop.
+//
+// One exception, the README's ("One case no client can catch"): a server
+// whose answers run to the close (php -S writes the head and the body
+// with two sends) and is killed between them has sent what looks like a
+// whole empty answer. A reply missing that way is allowed only for a
+// message that reached the API once, as its client's last before the
+// kill, and no more than one per client.
 func caseKillRestart(t *testing.T, r *confRun) {
 	const clients, count, interval = 10, 30, 20 * time.Millisecond
+	_, framing, _ := r.api.direct(t, "echo:framing")
+	closeDelimited := strings.HasPrefix(framing, "close-delimited")
 	ch := chat(t, r.gw.public, clients)
 	defer ch.close()
 	sending := make(chan struct{})
 	go func() { ch.send(count, interval); close(sending) }()
 	time.Sleep(count * interval / 3)
 	r.api.crash()
-	before := len(r.api.deliveries(t))
+	atKill := r.api.deliveries(t)
+	before := len(atKill)
 	time.Sleep(time.Second)
 	r.api.restart(t)
 	<-sending
@@ -332,12 +342,48 @@ func caseKillRestart(t *testing.T, r *confRun) {
 	for i := range clients {
 		sent[fmt.Sprintf("c%d", i)] = numbers(count)
 	}
-	lt := tallyLog(r.api.deliveries(t), sent)
+	log := r.api.deliveries(t)
+	lt := tallyLog(log, sent)
 	rt := tallyReplies(replies, sent, func(m string) []string { return []string{m} })
-	r.fig.set("killed after %d requests; %v; %v", before, lt, rt)
+	cut := 0
+	if closeDelimited {
+		cut = cutByTheKill(rt, sent, atKill, log)
+		rt.unanswered -= cut
+	}
+	r.fig.set("killed after %d requests; %v; %v; %d cut by the kill (answers run to the close)", before, lt, rt, cut)
 	if !lt.ok() || !rt.ok() {
 		t.Fatalf("across the restart: %v; %v; clients dropped: %v", lt, rt, ch.dropped)
 	}
+}
+
+// cutByTheKill counts the unanswered messages that the kill of a server
+// whose answers run to the close may have cut (see caseKillRestart): each
+// its client's last POST in atKill, the log when the server was killed,
+// and POSTed once in the whole log; at most one per client.
+func cutByTheKill(rt replyTally, sent map[string][]string, atKill, log []delivery) int {
+	cut := 0
+	for id, missing := range rt.missing {
+		if len(missing) != 1 {
+			continue
+		}
+		msg := sent[id][missing[0]]
+		last := ""
+		for _, d := range atKill {
+			if d.method == "POST" && d.id == id {
+				last = d.body
+			}
+		}
+		times := 0
+		for _, d := range log {
+			if d.method == "POST" && d.id == id && d.body == msg {
+				times++
+			}
+		}
+		if last == msg && times == 1 {
+			cut++
+		}
+	}
+	return cut
 }
 
 // waitChatter waits until every client of ch has count replies, or for

@@ -167,6 +167,7 @@ type replyTally struct {
 	misordered int // answers that came before an earlier message's
 	malformed  int // replies that answer nothing the client sent
 	example    string
+	missing    map[string][]int // the unanswered messages, by client: their indexes
 }
 
 func (r replyTally) ok() bool { return r.unanswered+r.extra+r.misordered+r.malformed == 0 }
@@ -215,6 +216,10 @@ func tallyReplies(got, sent map[string][]string, answers func(msg string) []stri
 		for i, n := range seen {
 			if n == 0 {
 				r.unanswered++
+				if r.missing == nil {
+					r.missing = map[string][]int{}
+				}
+				r.missing[id] = append(r.missing[id], i)
 				if r.example == "" {
 					r.example = fmt.Sprintf("%s's %q unanswered", id, msgs[i])
 				}
