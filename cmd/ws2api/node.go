@@ -80,7 +80,8 @@ func (n *node) build() error {
 		return err
 	}
 	if n.inherited != nil {
-		// Started by an upgrade: the old process's sockets (upgrade.go).
+		// Started by an upgrade: the old process's sockets (upgrade.go),
+		// and its connections to come.
 		n.publicLn, n.controlLn = n.inherited.public, n.inherited.control
 	} else {
 		if n.publicLn, err = net.Listen("tcp", n.cfg.listen); err != nil {
@@ -97,6 +98,9 @@ func (n *node) build() error {
 		return err
 	}
 	n.gwReady.Store(n.gw)
+	if n.inherited != nil {
+		n.gw.AwaitHandover()
+	}
 	if n.cfg.redis != "" {
 		if n.bus, err = cluster.New(busOptions(n.cfg, n.gw, n.log, n.m)); err != nil {
 			return err
@@ -273,10 +277,14 @@ func (n *node) run(ctx context.Context) error {
 		"control_token", cfg.controlToken != "", "max_conns", n.gw.MaxConns(), "node", n.gw.Node(), "cluster", n.bus != nil,
 		"pid", os.Getpid(), "upgrade", n.inherited != nil)
 	if n.inherited != nil {
-		// This process is the unit's main one now; the old one drains.
+		// This process is the unit's main one now; the old one hands its
+		// connections over.
 		sdNotify("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1")
-		if err := n.inherited.ready(); err != nil {
+		if l, err := n.inherited.ready(); err != nil {
 			log.Warn("upgrade: could not tell the old process this one serves; it keeps serving too until it gives up", "error", err)
+			n.gw.Arrived(0, 0)
+		} else {
+			go l.serveNew(n.gw, log.Warn)
 		}
 	} else {
 		sdNotify("READY=1")
@@ -310,15 +318,17 @@ wait:
 			n.trackBackends()
 		case <-usr2:
 			log.Info("upgrade: starting the new binary", "path", exePath)
-			if err := n.upgrade(cfg.upgradeTimeout); err != nil {
+			l, err := n.upgrade(cfg.upgradeTimeout)
+			if err != nil {
 				log.Error("upgrade failed: this process serves on", "error", err)
 				continue
 			}
 			// The new process accepts on the listeners from here on;
-			// control connections already open are served until the
-			// drain is over.
+			// control connections already open are served (their ops
+			// forwarded to the new process) until the drain is over.
 			sdNotify("STOPPING=1")
 			n.ctl.StopAccepting()
+			n.handOver(l)
 			n.upgraded = true
 			break wait
 		case runErr = <-gwDone:
@@ -344,7 +354,7 @@ func (n *node) drain() error {
 	start := time.Now()
 	shutdown := n.gw.Shutdown
 	if n.upgraded {
-		log.Info("upgraded: closing clients with 1012 (they reconnect to the new process), delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
+		log.Info("upgraded: closing with 1012 the clients not handed over, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())
 		shutdown = n.gw.Restart
 	} else {
 		log.Info("shutting down: closing clients with 1001, delivering what is pending", "drain_timeout", cfg.drainTimeout.String())

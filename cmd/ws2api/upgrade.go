@@ -1,7 +1,7 @@
 package main
 
 import (
-	"bufio"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -10,6 +10,8 @@ import (
 	"strconv"
 	"syscall"
 	"time"
+
+	"github.com/ws2api/ws2api/internal/gateway"
 )
 
 // A binary upgrade, started by SIGUSR2 (nginx's convention):
@@ -20,14 +22,14 @@ import (
 //	old  passes its listening sockets over it (SCM_RIGHTS)
 //	new  serves them, alongside the old for a moment, and says "ready"
 //	     (and tells systemd it is the main process now)
-//	old  stops accepting, closes its clients with 1012 "service restart",
-//	     delivers what they sent, and exits 0
+//	old  stops accepting and passes its open client connections over,
+//	     each with its state (handover.go, gateway/handover.go); those it
+//	     cannot pass it closes with 1012 "service restart", delivers what
+//	     they sent, and exits 0
 //
 // No connection is refused on the way: the listening sockets are the same
 // ones throughout. If the new process exits, or is not ready within
 // -upgrade-timeout, the old one keeps serving everything and logs why.
-// Open client connections are not passed over yet: they reconnect, to the
-// new process (the README says so).
 
 // envUpgradeFD names, in a process an upgrade started, the descriptor of
 // its socket to the old process.
@@ -120,20 +122,24 @@ func (h *inherited) close() {
 	h.conn.Close()
 }
 
-// ready tells the old process that this one serves.
-func (h *inherited) ready() error {
-	_, err := h.conn.Write([]byte("ready\n"))
-	h.conn.Close()
-	return err
+// ready tells the old process that this one serves, and returns the link
+// its connections come over.
+func (h *inherited) ready() (*link, error) {
+	l := newLink(h.conn)
+	if err := l.send(&rec{Type: "ready"}, nil); err != nil {
+		l.close()
+		return nil, err
+	}
+	return l, nil
 }
 
 // upgrade starts the new process and hands it the listeners; it returns
-// nil once the new process serves, or why it does not (the old one then
-// serves on).
-func (n *node) upgrade(timeout time.Duration) error {
+// the link to the new process once it serves, or why it does not (the
+// old one then serves on).
+func (n *node) upgrade(timeout time.Duration) (*link, error) {
 	fds, err := syscall.Socketpair(syscall.AF_UNIX, syscall.SOCK_STREAM|syscall.SOCK_CLOEXEC, 0)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ours, theirs := os.NewFile(uintptr(fds[0]), "upgrade socket"), os.NewFile(uintptr(fds[1]), "upgrade socket")
 	cmd := exec.Command(exePath, os.Args[1:]...)
@@ -144,7 +150,7 @@ func (n *node) upgrade(timeout time.Duration) error {
 	theirs.Close()
 	if err != nil {
 		ours.Close()
-		return fmt.Errorf("starting %s: %w", exePath, err)
+		return nil, fmt.Errorf("starting %s: %w", exePath, err)
 	}
 	exited := make(chan error, 1)
 	go func() { exited <- cmd.Wait() }()
@@ -163,45 +169,70 @@ func (n *node) upgrade(timeout time.Duration) error {
 	c, err := net.FileConn(ours)
 	ours.Close()
 	if err != nil {
-		return fail(err)
+		return nil, fail(err)
 	}
 	uc := c.(*net.UnixConn)
-	defer uc.Close()
 	var files []*os.File
 	for _, ln := range []net.Listener{n.publicLn, n.controlLn} {
 		f, err := ln.(*net.TCPListener).File() // a copy of the descriptor
 		if err != nil {
-			return fail(err)
+			uc.Close()
+			return nil, fail(err)
 		}
 		defer f.Close()
 		files = append(files, f)
 	}
 	if _, _, err := uc.WriteMsgUnix([]byte("listeners\n"), syscall.UnixRights(int(files[0].Fd()), int(files[1].Fd())), nil); err != nil {
-		return fail(fmt.Errorf("passing the listeners: %w", err))
+		uc.Close()
+		return nil, fail(fmt.Errorf("passing the listeners: %w", err))
 	}
+	l := newLink(uc)
 	ready := make(chan error, 1)
 	go func() {
-		line, err := bufio.NewReader(uc).ReadString('\n')
-		if err == nil && line != "ready\n" {
-			err = fmt.Errorf("it said %q", line)
+		r, _, err := l.receive()
+		if err == nil && r.Type != "ready" {
+			err = fmt.Errorf("it said %q", r.Type)
 		}
 		ready <- err
 	}()
 	select {
 	case err := <-ready:
 		if err != nil {
-			return fail(fmt.Errorf("the new process did not take over: %v", err))
+			l.close()
+			return nil, fail(fmt.Errorf("the new process did not take over: %v", err))
 		}
 		n.log.Info("upgrade: the new process serves", "pid", cmd.Process.Pid)
-		return nil
+		return l, nil
 	case status := <-exited:
-		ours.Close()
-		return fmt.Errorf("the new process exited before taking over: %v", status)
+		l.close()
+		return nil, fmt.Errorf("the new process exited before taking over: %v", status)
 	case <-time.After(timeout):
 		_ = cmd.Process.Kill()
-		ours.Close()
-		return fmt.Errorf("the new process did not take over within %v", timeout)
+		l.close()
+		return nil, fmt.Errorf("the new process did not take over within %v", timeout)
 	}
+}
+
+// handOver passes the gateway's connections to the new process over l
+// (gateway.Server.HandOver), within -drain-timeout; ops on clients that
+// reach this process go over l from now on, until it exits.
+func (n *node) handOver(l *link) {
+	go l.readResults()
+	start := time.Now()
+	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.drainTimeout)
+	defer cancel()
+	announce := func(ids []string) error { return l.send(&rec{Type: "coming", IDs: ids}, nil) }
+	send := func(m *gateway.Moving, f *os.File) error { return l.send(&rec{Type: "conn", Conn: m}, f) }
+	moved, closed, err := n.gw.HandOver(ctx, successor{l}, announce, send)
+	if derr := l.send(&rec{Type: "done", Taken: moved, Closed: closed}, nil); err == nil {
+		err = derr
+	}
+	took := time.Since(start).Round(time.Millisecond).String()
+	if err != nil {
+		n.log.Error("upgrade: hand-over incomplete", "handed_over", moved, "closed", closed, "took", took, "error", err)
+		return
+	}
+	n.log.Info("upgrade: connections handed over", "handed_over", moved, "closed_1012", closed, "took", took)
 }
 
 // sdNotify tells systemd (Type=notify) of a state change; nothing without

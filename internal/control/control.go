@@ -32,6 +32,10 @@ type Hub interface {
 	GroupMembers(group, after string, limit int) (ids []string, next string, err error)
 	Count() int
 	Draining() bool
+	// HandingOver reports a binary upgrade moving connections between
+	// processes: an op may then wait for the other process, so none is
+	// served on the event loop.
+	HandingOver() bool
 }
 
 var _ Hub = (*gateway.Server)(nil)

@@ -320,7 +320,7 @@ func (c *ctlConn) request(b []byte) (int, bool) {
 	switch {
 	case miss != nil:
 		c.ready(*miss, closeAfter)
-	case rt.inline != nil && rt.inline(&req):
+	case rt.inline != nil && rt.inline(&req) && !h.opts.Hub.HandingOver():
 		// This node's clients are served here; an id held by another node
 		// needs a round trip through the bus, on a goroutine.
 		r := rt.serve(h, localOps{h.opts.Hub}, &req)

@@ -190,3 +190,5 @@ func (s *stubHub) Call(id string, _ bool, _ []byte, _ time.Duration) (hub.Answer
 }
 func (s *stubHub) Count() int     { s.note("Count"); return 1 }
 func (s *stubHub) Draining() bool { s.note("Draining"); return false }
+
+func (s *stubHub) HandingOver() bool { return false }

@@ -37,12 +37,19 @@ type callReply struct {
 // (hub.ErrNotACall otherwise). The answer is not forwarded to the API; one
 // that comes after the timeout is, as an ordinary message.
 func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration) (hub.Answer, error) {
+	if n := s.next(); n != nil {
+		return n.Call(id, binary, data, timeout)
+	}
+	s.awaitArrival(id)
 	key, err := CallKey(data)
 	if err != nil {
 		return hub.Answer{}, err
 	}
 	c := s.reg.get(id)
 	if c == nil {
+		if n := s.next(); n != nil {
+			return n.Call(id, binary, data, timeout) // it moved on meanwhile (handover.go)
+		}
 		s.m.Call(metrics.CallNotConnected)
 		return hub.Answer{}, hub.ErrNotConnected
 	}
@@ -51,6 +58,9 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 	switch {
 	case c.state != stOpen:
 		c.mu.Unlock()
+		if n := s.next(); n != nil {
+			return n.Call(id, binary, data, timeout)
+		}
 		s.m.Call(metrics.CallNotConnected)
 		return hub.Answer{}, hub.ErrNotConnected
 	case c.calls[key] != nil:

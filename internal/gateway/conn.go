@@ -24,6 +24,7 @@ const (
 	stAuthorizing                  // the connect GET is with the API
 	stOpen                         // upgraded: messages flow both ways
 	stClosing                      // ws2api sent a close frame and waits for the client's
+	stMoved                        // passed to another process (handover.go); this one's copy closes
 	stClosed                       // the socket is closed
 )
 
@@ -85,9 +86,10 @@ type conn struct {
 	discard    bool // input is no longer read (after a protocol error)
 	dropData   bool // data messages are dropped, control frames still read (after a cap)
 	closeTimer *time.Timer
-	rateTAT    int64 // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
-	ctlTAT     int64 // the same for the ping and pong frames answered (keepalive.go)
-	floodTAT   int64 // the same for every ping and pong, at ten times the rate (keepalive.go)
+	rateTAT    int64     // MaxMessageRate's theoretical arrival time, on s.epoch's clock (keepalive.go)
+	ctlTAT     int64     // the same for the ping and pong frames answered (keepalive.go)
+	floodTAT   int64     // the same for every ping and pong, at ten times the rate (keepalive.go)
+	moving     moveStage // on its way to another process (handover.go)
 
 	// Set at upgrade, under mu, before the registry publishes the
 	// connection; read-only after, except groups and apiHeader, which
@@ -415,7 +417,9 @@ func (c *conn) readFramesLocked(data []byte) {
 				c.enqueueLocked(m.Op, m.Payload)
 			}
 		case ws.OpPing:
-			if c.controlFrameLocked() && c.state == stOpen {
+			// (Not while moving: the backlog must drain; the client's
+			// next ping is answered by the next process.)
+			if c.controlFrameLocked() && c.state == stOpen && c.moving == notMoving {
 				_ = c.writeFrameLocked(ws.OpPong, m.Payload)
 			}
 		case ws.OpPong:
@@ -502,12 +506,16 @@ func (c *conn) OnClose(_ *nbio.Conn, err error) {
 	s := c.s
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state == stClosed {
+	switch c.state {
+	case stClosed:
 		return
-	}
-	if c.state == stHandshake {
+	case stMoved: // this process's copy of a socket another one holds now
+		c.state = stClosed
+		return
+	case stHandshake:
 		s.handshaking.Add(-1)
 	}
+	c.moving = notMoving // gone before it could move: its messages go from here
 	c.state = stClosed
 	c.in = nil
 	c.retireOut()

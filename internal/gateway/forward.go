@@ -75,6 +75,7 @@ func (a apiState) working() bool {
 var apiMoves = [apiDone + 1][apiDone + 1]string{
 	apiUnknown: {
 		apiConnecting: "readHeadLocked: the upgrade head is complete; the GET goes",
+		apiIdle:       "Adopt: taken over from the process before (handover.go)",
 	},
 	apiConnecting: {
 		apiIdle:     "authorized: accepted, upgraded",
@@ -84,13 +85,13 @@ var apiMoves = [apiDone + 1][apiDone + 1]string{
 	apiIdle: {
 		apiPosting:  "enqueueLocked: a message",
 		apiDeleting: "OnClose: closed with nothing in flight",
-		apiDone:     "OnClose: replaced, the API already saw the new GET (no DELETE)",
+		apiDone:     "OnClose: replaced, the API already saw the new GET (no DELETE); takeState: passed to the next process",
 	},
 	apiPosting: {
 		apiPosting:  "nextLocked: the next queued message",
 		apiIdle:     "nextLocked: the queue is empty",
 		apiDeleting: "nextLocked: the queue is empty and the socket closed",
-		apiDone:     "nextLocked: the queue is empty and the socket closed, replaced (no DELETE)",
+		apiDone:     "nextLocked: the queue is empty and the socket closed, replaced (no DELETE); takeState: passed on, in flight",
 	},
 	apiDeleting: {
 		apiDone: "answered: the DELETE's answer, or given up",
@@ -147,7 +148,7 @@ func (c *conn) enqueueLocked(op ws.Opcode, payload []byte) {
 	}
 	msg := message{op: op, buf: getBuf(payload)}
 	c.pendingBytes += n
-	if c.api != apiIdle {
+	if c.api != apiIdle || c.moving != notMoving { // (moving: for the next process)
 		c.queue = append(c.queue, msg)
 		return
 	}
@@ -165,14 +166,18 @@ func (c *conn) pendingMsgsLocked() int {
 	return n
 }
 
-// startPOSTLocked makes msg the request in flight.
-func (c *conn) startPOSTLocked(msg message) {
+// startPOSTLocked makes msg the request in flight, with a key of its own.
+func (c *conn) startPOSTLocked(msg message) { c.startPOSTKeyedLocked(msg, c.nextKeyLocked()) }
+
+// startPOSTKeyedLocked is startPOSTLocked with the key msg had in another
+// process (a message in flight when its connection was handed over).
+func (c *conn) startPOSTKeyedLocked(msg message, key upstream.Key) {
 	ct := contentText
 	if msg.op == ws.OpBinary {
 		ct = contentBinary
 	}
 	c.sending = msg
-	c.req = upstream.Request{Method: "POST", Path: c.path, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: c.nextKeyLocked()}
+	c.req = upstream.Request{Method: "POST", Path: c.path, Header: c.apiHeader, ContentType: ct, Body: *msg.buf, Key: key}
 	c.sendPacedLocked()
 }
 
@@ -223,6 +228,9 @@ func (c *conn) answered(resp *upstream.Response, err error) {
 	s := c.s
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if c.moving == detaching || c.state == stMoved {
+		return // the request passed to the next process, which sends it again
+	}
 	outcome := upstream.Classify(resp, err)
 	gaveUp := false
 	if outcome == upstream.Failed && !errors.Is(err, upstream.ErrClosed) {
@@ -329,7 +337,7 @@ func (c *conn) replyLocked(resp *upstream.Response) {
 // nextLocked starts the connection's next request to the API: the oldest
 // waiting message, else the DELETE if the socket has closed, else nothing.
 func (c *conn) nextLocked() {
-	if len(c.queue) > 0 {
+	if len(c.queue) > 0 && c.moving == notMoving {
 		msg := c.queue[0]
 		c.queue[0] = message{}
 		c.queue = c.queue[1:]

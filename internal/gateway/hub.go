@@ -44,6 +44,18 @@ func opcode(binary bool) ws.Opcode {
 
 // Push sends one message to the client holding id.
 func (s *Server) Push(id string, binary bool, data []byte) error {
+	if n := s.next(); n != nil {
+		return n.Push(id, binary, data)
+	}
+	s.awaitArrival(id)
+	err := s.pushHere(id, binary, data)
+	if n := s.next(); n != nil && err == hub.ErrNotConnected {
+		return n.Push(id, binary, data) // it moved on meanwhile (handover.go)
+	}
+	return err
+}
+
+func (s *Server) pushHere(id string, binary bool, data []byte) error {
 	c := s.reg.get(id)
 	if c == nil {
 		s.m.PushesNotFound.Inc()
@@ -60,6 +72,10 @@ func (s *Server) Push(id string, binary bool, data []byte) error {
 // PushMany sends one message to each of ids and returns those that are not
 // connected. The frame is encoded once.
 func (s *Server) PushMany(ids []string, binary bool, data []byte) (notConnected []string) {
+	if n := s.next(); n != nil {
+		return n.PushMany(ids, binary, data)
+	}
+	s.awaitAll()
 	frame := s.newShared(opcode(binary), data)
 	for _, id := range ids {
 		if c := s.reg.get(id); c != nil && c.sendFrame(frame) {
@@ -71,13 +87,23 @@ func (s *Server) PushMany(ids []string, binary bool, data []byte) (notConnected 
 		s.m.PushesNotFound.Inc()
 		notConnected = append(notConnected, id)
 	}
+	if n := s.next(); n != nil && len(notConnected) > 0 {
+		return n.PushMany(notConnected, binary, data) // they moved on meanwhile (handover.go)
+	}
 	return notConnected
 }
 
 // Info describes the connection holding id.
 func (s *Server) Info(id string) (hub.Info, error) {
+	if n := s.next(); n != nil {
+		return n.Info(id)
+	}
+	s.awaitArrival(id)
 	c, err := s.open(id)
 	if err != nil {
+		if n := s.next(); n != nil {
+			return n.Info(id)
+		}
 		return hub.Info{}, err
 	}
 	defer c.mu.Unlock()
@@ -109,8 +135,15 @@ func (s *Server) Info(id string) (hub.Info, error) {
 // Kick closes the client holding id with code and reason; the API gets the
 // DELETE as for any close.
 func (s *Server) Kick(id string, code int, reason string) error {
+	if n := s.next(); n != nil {
+		return n.Kick(id, code, reason)
+	}
+	s.awaitArrival(id)
 	c, err := s.open(id)
 	if err != nil {
+		if n := s.next(); n != nil {
+			return n.Kick(id, code, reason) // it moved on meanwhile (handover.go)
+		}
 		return err
 	}
 	defer c.mu.Unlock()
@@ -133,11 +166,18 @@ func (s *Server) CloseReplaced(id, connID string) {
 
 // Join adds the client holding id to a group.
 func (s *Server) Join(id, group string) error {
+	if n := s.next(); n != nil {
+		return n.Join(id, group)
+	}
+	s.awaitArrival(id)
 	if err := ValidGroup(group); err != nil {
 		return err
 	}
 	c, err := s.open(id)
 	if err != nil {
+		if n := s.next(); n != nil {
+			return n.Join(id, group)
+		}
 		return err
 	}
 	defer c.mu.Unlock()
@@ -148,11 +188,18 @@ func (s *Server) Join(id, group string) error {
 // Leave removes the client holding id from a group; it reports whether it
 // was in it.
 func (s *Server) Leave(id, group string) (bool, error) {
+	if n := s.next(); n != nil {
+		return n.Leave(id, group)
+	}
+	s.awaitArrival(id)
 	if err := ValidGroup(group); err != nil {
 		return false, err
 	}
 	c, err := s.open(id)
 	if err != nil {
+		if n := s.next(); n != nil {
+			return n.Leave(id, group)
+		}
 		return false, err
 	}
 	defer c.mu.Unlock()
@@ -190,12 +237,19 @@ func (s *Server) GroupMembers(group, after string, limit int) (ids []string, nex
 // removes it when remove is set. Requests already in flight keep the old
 // headers.
 func (s *Server) SetMeta(id, name, value string, remove bool) error {
+	if n := s.next(); n != nil {
+		return n.SetMeta(id, name, value, remove)
+	}
+	s.awaitArrival(id)
 	if !http1.ValidToken(name) || !http1.ValidFieldValue(value) || len(value) > 8<<10 {
 		return hub.ErrBadMeta
 	}
 	full := http1.CanonicalName(HeaderMetaPrefix + name)
 	c, err := s.open(id)
 	if err != nil {
+		if n := s.next(); n != nil {
+			return n.SetMeta(id, name, value, remove)
+		}
 		return err
 	}
 	defer c.mu.Unlock()
@@ -216,11 +270,19 @@ func (s *Server) SetMeta(id, name, value string, remove bool) error {
 // Broadcast sends one message to every open client and returns how many it
 // was written to.
 func (s *Server) Broadcast(binary bool, data []byte) int {
+	if n := s.next(); n != nil {
+		return n.Broadcast(binary, data)
+	}
+	s.awaitAll()
 	return s.fanOut(s.reg.all(), binary, data)
 }
 
 // BroadcastGroup sends one message to every open client in group.
 func (s *Server) BroadcastGroup(group string, binary bool, data []byte) (int, error) {
+	if n := s.next(); n != nil {
+		return n.BroadcastGroup(group, binary, data)
+	}
+	s.awaitAll()
 	if err := ValidGroup(group); err != nil {
 		return 0, err
 	}

@@ -139,7 +139,7 @@ func (c *conn) keep(now int64) {
 	o := &c.s.opts
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.state != stOpen {
+	if c.state != stOpen || c.moving != notMoving { // (moving: the next process keeps it)
 		return
 	}
 	switch sent := c.pingSent.Load(); {

@@ -309,6 +309,16 @@ type Server struct {
 	retryMu  sync.Mutex
 	retrying map[*conn]struct{} // connections waiting to send a request again
 
+	// A binary upgrade (handover.go): in the old process, where ops on
+	// clients go once its connections are moving; in the new one, the ids
+	// still coming and what waits for them.
+	successor  atomic.Pointer[hub.Clients]
+	expecting  atomic.Bool // Expect was told of ids, Arrived not yet
+	comingMu   sync.Mutex
+	announced  chan struct{} // closed by Expect
+	coming     map[string]chan struct{}
+	allArrived chan struct{}
+
 	mu     sync.Mutex
 	ln     net.Listener
 	accept sync.WaitGroup

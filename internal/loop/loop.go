@@ -55,6 +55,9 @@ type Loop struct {
 
 	mu     sync.Mutex
 	accept func(*nbio.Conn) Handler
+
+	epollOnce sync.Once
+	epfds     []int // the process's epoll descriptors (detach.go)
 }
 
 // New starts an engine with the given number of pollers (0: one per CPU).

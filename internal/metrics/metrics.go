@@ -96,6 +96,7 @@ type Metrics struct {
 	PushesNotFound                        *vm.Counter
 	Broadcasts                            *vm.Counter
 	Calls                                 map[string]*vm.Counter             // synchronous calls to clients, by outcome
+	Upgraded                              map[string]*vm.Counter             // clients of a binary upgrade, by what became of them (UpgradeOutcomes)
 	Closes                                map[string]*vm.Counter             // by cause
 	ControlDropped                        *vm.Counter                        // pings and pongs past a client's rate, not acted on
 	Rejected                              map[int]*vm.Counter                // handshakes answered with an error, by status
@@ -143,6 +144,13 @@ func New() *Metrics {
 	m.Calls = map[string]*vm.Counter{}
 	for _, o := range callOutcomes {
 		m.Calls[o] = m.set.NewCounter(fmt.Sprintf(`ws2api_calls_total{outcome=%q}`, o))
+	}
+
+	m.declare("ws2api_upgrade_connections_total", "counter",
+		"Client connections of the binary upgrades that started this process: taken over with their state, or closed by the old process with 1012.")
+	m.Upgraded = map[string]*vm.Counter{}
+	for _, o := range UpgradeOutcomes {
+		m.Upgraded[o] = m.set.NewCounter(fmt.Sprintf(`ws2api_upgrade_connections_total{outcome=%q}`, o))
 	}
 
 	m.declare("ws2api_closes_total", "counter", "Client connections closed, by cause.")
@@ -209,6 +217,12 @@ func (m *Metrics) BuildInfo(version, goVersion string) {
 	m.declare("ws2api_build_info", "gauge", "1, labelled with the version of ws2api serving and the Go release it was built with.")
 	m.set.NewGauge(fmt.Sprintf(`ws2api_build_info{version=%q,go=%q}`, version, goVersion), func() float64 { return 1 })
 }
+
+// UpgradeOutcomes label ws2api_upgrade_connections_total: a connection
+// taken over from the old process, or one it closed with 1012 instead (it
+// could not be passed: TLS, its upgrade unfinished, a backlog that did not
+// drain in time).
+var UpgradeOutcomes = []string{"taken_over", "closed"}
 
 // Call counts one synchronous call to a client, by outcome.
 func (m *Metrics) Call(outcome string) {

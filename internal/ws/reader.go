@@ -113,3 +113,26 @@ func (r *Reader) Release() {
 }
 
 var inflatedPool = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
+
+// Fragment is the part of a fragmented message a Reader holds: what a
+// connection passed to another process (a binary upgrade) carries on with.
+type Fragment struct {
+	Op         Opcode `json:"op,omitempty"`
+	Compressed bool   `json:"compressed,omitempty"`
+	Data       []byte `json:"data,omitempty"`
+}
+
+// Fragment returns a copy of the fragmented message being assembled (a
+// zero Fragment when none).
+func (r *Reader) Fragment() Fragment {
+	if r.op == 0 {
+		return Fragment{}
+	}
+	return Fragment{Op: r.op, Compressed: r.compressed, Data: append([]byte(nil), r.frag...)}
+}
+
+// Resume continues the fragmented message f (from Fragment, in another
+// Reader): the next frames read complete it.
+func (r *Reader) Resume(f Fragment) {
+	r.op, r.compressed, r.frag = f.Op, f.Compressed, f.Data
+}

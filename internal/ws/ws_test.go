@@ -244,3 +244,28 @@ func BenchmarkWriteFrame(b *testing.B) {
 		out = AppendFrame(out[:0], OpText, payload, nil)
 	}
 }
+
+// A fragmented message begun in one Reader is finished in another, through
+// Fragment and Resume (a connection passed to a new process mid-message).
+func TestReaderResumesAFragmentedMessage(t *testing.T) {
+	first := append(AppendHeader(nil, OpText, false, 4, &testKey), maskCopy("half")...)
+	rest := append(AppendHeader(nil, OpContinuation, true, 5, &testKey), maskCopy(" more")...)
+	var a Reader
+	if m, n, err := a.Next(first, Server, 100); err != nil || n != len(first) || m.Op != 0 {
+		t.Fatalf("first fragment: %+v %d %v", m, n, err)
+	}
+	f := a.Fragment()
+	if f.Op != OpText || string(f.Data) != "half" {
+		t.Fatalf("Fragment() = %+v", f)
+	}
+	var b Reader
+	b.Resume(f)
+	m, n, err := b.Next(rest, Server, 100)
+	if err != nil || n != len(rest) || m.Op != OpText || string(m.Payload) != "half more" {
+		t.Fatalf("in the second reader: %q %d %v", m.Payload, n, err)
+	}
+	var empty Reader
+	if empty.Fragment().Op != 0 || b.Fragment().Op != 0 {
+		t.Fatal("a Reader with no fragment pending returned one")
+	}
+}

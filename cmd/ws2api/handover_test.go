@@ -1,0 +1,221 @@
+package main
+
+import (
+	"fmt"
+	"net/http"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+)
+
+// A binary upgrade passes every connection over with its state: 2,000
+// clients keep sending numbered messages to a real API server (Node's
+// http, the conformance API) while the binary is replaced and upgraded,
+// twice, and pushes go to random clients all along, some through control
+// connections the old process holds. No client sees a close; the API sees
+// each client's GET once and no DELETE, every message once and in order
+// (a re-send of the one in flight at a hand-over would carry its first
+// key; it is counted); every reply and every push answered 200 reaches its
+// client once; the new version serves and counts the clients it took over.
+func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
+	t.Parallel()
+	const clients, count, interval = 2000, 24, 500 * time.Millisecond
+	kinds := apiKinds("")
+	api := startAPIServer(t, kinds[slices.IndexFunc(kinds, func(k apiKind) bool { return k.name == "node-http" })])
+	dir := t.TempDir()
+	v2 := buildVersion(t, dir, "v2")
+	v1 := filepath.Join(dir, "ws2api-dev")
+	install(t, binary, v1)
+	exe := filepath.Join(dir, "ws2api")
+	install(t, v1, exe)
+	p := startBinary(t, exe, nil, "-api", api.url(), "-drain-timeout", "10s")
+	t.Cleanup(func() {
+		for _, pid := range servingPids(p)[1:] {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+
+	ch := chat(t, p.public, clients)
+	defer ch.close()
+	sending := make(chan struct{})
+	go func() { ch.send(count, interval); close(sending) }()
+
+	// Pushes, one every few milliseconds, over keep-alive connections of
+	// their own: a push answered 200 must arrive.
+	var pushed sync.Map // "push-<n>" -> client id
+	var pushFailed atomic.Int64
+	var pushErr atomic.Value
+	stopPush := make(chan struct{})
+	var pushers sync.WaitGroup
+	var seq atomic.Int64
+	for range 4 {
+		pushers.Go(func() {
+			hc := &http.Client{Timeout: 15 * time.Second}
+			for {
+				select {
+				case <-stopPush:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				n := seq.Add(1)
+				id := fmt.Sprintf("c%d", n%clients)
+				body := fmt.Sprintf("push-%d", n)
+				resp, err := hc.Post(p.control+"/"+id, "text/plain", strings.NewReader(body))
+				if err != nil {
+					// The old process closed a keep-alive connection as
+					// it exited: the POST may not have been read.
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					pushFailed.Add(1)
+					pushErr.Store(fmt.Sprintf("push to %s: %d", id, resp.StatusCode))
+					continue
+				}
+				pushed.Store(body, id)
+			}
+		})
+	}
+
+	takenOver := regexp.MustCompile(`(?m)^ws2api_upgrade_connections_total\{outcome="taken_over"\} (\S+)$`)
+	upgrade := func(to, want string) {
+		t.Helper()
+		pids := servingPids(p)
+		old := pids[len(pids)-1]
+		install(t, to, exe)
+		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
+		}
+		deadline := time.Now().Add(30 * time.Second)
+		for !gone(old) {
+			if time.Now().After(deadline) {
+				t.Fatalf("the old process %d is still there 30s after SIGUSR2", old)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		cur := &proc{t: t, control: p.control}
+		_, body := get(t, p.control+"/metrics")
+		if !strings.Contains(body, `ws2api_build_info{version="`+want+`"`) {
+			t.Fatalf("after the upgrade to %s, /metrics says:\n%s", want, grepLines(body, "build_info"))
+		}
+		if n := metric(t, cur, takenOver); n != clients {
+			t.Errorf("the %s process took over %d connections, want %d", want, n, clients)
+		}
+	}
+	time.Sleep(2 * interval)
+	upgrade(v2, "v2")
+	time.Sleep(2 * interval)
+	upgrade(v1, "dev")
+	<-sending
+	close(stopPush)
+	pushers.Wait()
+
+	// Every message answered, every push that was answered 200 arrived.
+	deadline := time.Now().Add(60 * time.Second)
+	var replies map[string][]string
+	missingPushes := 0
+	for {
+		replies = waitChatter(ch, 0, 0)
+		got := map[string]int{}
+		for _, rs := range replies {
+			for _, r := range rs {
+				if strings.HasPrefix(r, "push-") {
+					got[r]++
+				}
+			}
+		}
+		missingPushes = 0
+		extraPushes := 0
+		pushed.Range(func(k, _ any) bool {
+			switch got[k.(string)] {
+			case 0:
+				missingPushes++
+			case 1:
+			default:
+				extraPushes++
+			}
+			return true
+		})
+		if extraPushes > 0 {
+			t.Fatalf("%d pushes reached their client more than once", extraPushes)
+		}
+		answered := 0
+		for _, rs := range replies {
+			for _, r := range rs {
+				if !strings.HasPrefix(r, "push-") {
+					answered++
+				}
+			}
+		}
+		if missingPushes == 0 && answered >= clients*count {
+			break
+		}
+		if time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	onlyReplies := map[string][]string{}
+	for id, rs := range replies {
+		for _, r := range rs {
+			if !strings.HasPrefix(r, "push-") {
+				onlyReplies[id] = append(onlyReplies[id], r)
+			}
+		}
+	}
+	sent := map[string][]string{}
+	for i := range clients {
+		sent[fmt.Sprintf("c%d", i)] = numbers(count)
+	}
+	log := api.deliveries(t)
+	lt := tallyLog(log, sent)
+	rt := tallyReplies(onlyReplies, sent, func(m string) []string { return []string{m} })
+	gets, deletes := 0, 0
+	for _, d := range log {
+		switch {
+		case d.method == "GET" && d.id != "probe":
+			gets++
+		case d.method == "DELETE":
+			deletes++
+		}
+	}
+	npushed := 0
+	pushed.Range(func(_, _ any) bool { npushed++; return true })
+	t.Logf("%d clients x %d messages across two upgrades: %v; %v; GETs %d, DELETEs %d; pushes answered 200: %d, missing %d, failed %d",
+		clients, count, lt, rt, gets, deletes, npushed, missingPushes, pushFailed.Load())
+	ch.mu.Lock()
+	dropped := slices.Clone(ch.dropped)
+	ch.mu.Unlock()
+	if len(dropped) > 0 {
+		t.Errorf("%d clients saw their connection end: %v", len(dropped), dropped[:min(len(dropped), 5)])
+	}
+	if !lt.ok() || !rt.ok() {
+		t.Errorf("across the upgrades: %v; %v", lt, rt)
+	}
+	if gets != clients || deletes != 0 {
+		t.Errorf("the API saw %d connect GETs and %d DELETEs, want %d and 0", gets, deletes, clients)
+	}
+	if missingPushes > 0 || pushFailed.Load() > 0 {
+		t.Errorf("pushes: %d answered 200 never arrived, %d failed (%v)", missingPushes, pushFailed.Load(), pushErr.Load())
+	}
+	if npushed == 0 {
+		t.Error("no push was answered 200")
+	}
+}
+
+// grepLines returns the lines of s that contain sub.
+func grepLines(s, sub string) string {
+	var out []string
+	for line := range strings.SplitSeq(s, "\n") {
+		if strings.Contains(line, sub) {
+			out = append(out, line)
+		}
+	}
+	return strings.Join(out, "\n")
+}
