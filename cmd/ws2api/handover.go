@@ -12,6 +12,7 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/ws2api/ws2api/internal/cluster"
 	"github.com/ws2api/ws2api/internal/gateway"
 	"github.com/ws2api/ws2api/internal/hub"
 )
@@ -27,6 +28,8 @@ import (
 //	old -> new  op {n, op | many}     an op on clients that reached the old
 //	new -> old  result {n, ...}       its result
 //	old -> new  done {taken, closed}  every connection passed or closed
+//	new -> old  settled               their presence is in Redis (at once
+//	                                  without a cluster): the old may go
 //
 // The old process keeps forwarding ops until it exits; the new one serves
 // them until the link closes.
@@ -71,13 +74,17 @@ type link struct {
 	buf []byte
 	fds []int
 
-	// The old end's ops waiting for their results.
+	// The old end's ops waiting for their results, and the new end's
+	// word that the clients' presence is written.
 	mu      sync.Mutex
 	seq     uint64
 	waiting map[uint64]chan *opResult
+	settled chan struct{}
 }
 
-func newLink(c *net.UnixConn) *link { return &link{c: c, waiting: map[uint64]chan *opResult{}} }
+func newLink(c *net.UnixConn) *link {
+	return &link{c: c, waiting: map[uint64]chan *opResult{}, settled: make(chan struct{})}
+}
 
 // send writes r, with f's descriptor if f is not nil.
 func (l *link) send(r *rec, f *os.File) error {
@@ -173,6 +180,10 @@ func (l *link) readResults() {
 		}
 		if f != nil {
 			f.Close()
+		}
+		if r.Type == "settled" {
+			close(l.settled)
+			continue
 		}
 		if r.Type != "result" || r.Result == nil {
 			continue
@@ -299,12 +310,15 @@ func (s successor) BroadcastGroup(group string, binary bool, data []byte) (int, 
 
 // The new end: takes the connections over and serves the forwarded ops,
 // until the link closes.
-func (l *link) serveNew(gw *gateway.Server, logf func(msg string, args ...any)) {
+func (l *link) serveNew(gw *gateway.Server, bus *cluster.Bus, logf func(msg string, args ...any)) {
 	done := false
 	defer func() {
 		l.close()
 		if !done {
 			gw.Arrived(0, 0) // the old process died mid-way: nothing more comes
+		}
+		if bus != nil {
+			bus.EndStandby() // the old process is gone, marker or not
 		}
 	}()
 	for {
@@ -330,6 +344,12 @@ func (l *link) serveNew(gw *gateway.Server, logf func(msg string, args ...any)) 
 		case "done":
 			done = true
 			gw.Arrived(r.Taken, r.Closed)
+			go func() {
+				if bus != nil {
+					bus.Flush(5 * time.Second) // the clients' records name this node now
+				}
+				_ = l.send(&rec{Type: "settled"}, nil)
+			}()
 		}
 	}
 }

@@ -219,3 +219,176 @@ func grepLines(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// The same in a cluster: two nodes over Redis, the clients on the first,
+// which is upgraded while the second relays pushes to its clients all
+// along. Every push answered 200 arrives once, no client is closed, and
+// after the upgrade the node has kept its name, so the presence records
+// written before it still lead to the clients.
+func TestUpgradeHandsOverInACluster(t *testing.T) {
+	t.Parallel()
+	const clients, count, interval = 200, 30, 100 * time.Millisecond
+	kinds := apiKinds("")
+	api := startAPIServer(t, kinds[slices.IndexFunc(kinds, func(k apiKind) bool { return k.name == "node-http" })])
+	redis := startRedis(t, freeAddr(t))
+	redisURL := "redis://" + redis.addr + "/0"
+	dir := t.TempDir()
+	v2 := buildVersion(t, dir, "v2")
+	exe := filepath.Join(dir, "ws2api")
+	install(t, binary, exe)
+	a := startBinary(t, exe, nil, "-api", api.url(), "-redis", redisURL, "-listen", freeAddr(t), "-control", freeAddr(t))
+	t.Cleanup(func() {
+		for _, pid := range servingPids(a)[1:] {
+			_ = syscall.Kill(pid, syscall.SIGKILL)
+		}
+	})
+	b := start(t, nil, "-api", api.url(), "-redis", redisURL, "-listen", freeAddr(t), "-control", freeAddr(t))
+	waitBusUp(t, a, true)
+	waitBusUp(t, b, true)
+
+	ch := chat(t, a.public, clients)
+	defer ch.close()
+	// Every client reachable from b before the upgrade (presence is
+	// written in batches).
+	for i := range clients {
+		id := fmt.Sprintf("c%d", i)
+		for deadline := time.Now().Add(10 * time.Second); ; {
+			if status, _ := post(t, b.control+"/"+id, "hello-"+id); status == http.StatusOK {
+				break
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s is not reachable through the other node", id)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	}
+	sending := make(chan struct{})
+	go func() { ch.send(count, interval); close(sending) }()
+
+	var pushed sync.Map
+	var failed atomic.Int64
+	var failure atomic.Value
+	stop := make(chan struct{})
+	var pushers sync.WaitGroup
+	var seq atomic.Int64
+	for range 4 {
+		pushers.Go(func() {
+			hc := &http.Client{Timeout: 15 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				n := seq.Add(1)
+				id := fmt.Sprintf("c%d", n%clients)
+				body := fmt.Sprintf("push-%d", n)
+				resp, err := hc.Post(b.control+"/"+id, "text/plain", strings.NewReader(body))
+				if err != nil {
+					failed.Add(1)
+					failure.Store(err.Error())
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					failed.Add(1)
+					failure.Store(fmt.Sprintf("relayed push to %s: %d", id, resp.StatusCode))
+					continue
+				}
+				pushed.Store(body, id)
+			}
+		})
+	}
+	time.Sleep(5 * interval)
+	node := a.node
+	old := servingPids(a)[0]
+	install(t, v2, exe)
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	for deadline := time.Now().Add(30 * time.Second); !gone(old); {
+		if time.Now().After(deadline) {
+			t.Fatalf("the old process is still there 30s after SIGUSR2")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	<-sending
+	close(stop)
+	pushers.Wait()
+
+	// The node kept its name: b still relays to it.
+	_, body := get(t, a.control+"/metrics")
+	if !strings.Contains(body, `ws2api_build_info{version="v2"`) {
+		t.Fatalf("not upgraded: %s", grepLines(body, "build_info"))
+	}
+	if status, info := get(t, b.control+"/c0"); status != http.StatusOK || !strings.Contains(info, `"node":"`+node+`"`) {
+		t.Fatalf("after the upgrade, the other node finds c0 at: %d %s (want node %s)", status, info, node)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	var missing int
+	var replies map[string][]string
+	for {
+		replies = waitChatter(ch, 0, 0)
+		got := map[string]int{}
+		answered := 0
+		for _, rs := range replies {
+			for _, r := range rs {
+				switch {
+				case strings.HasPrefix(r, "push-"):
+					got[r]++
+				case !strings.HasPrefix(r, "hello-"):
+					answered++
+				}
+			}
+		}
+		missing = 0
+		pushed.Range(func(k, _ any) bool {
+			if got[k.(string)] != 1 {
+				missing++
+			}
+			return true
+		})
+		if (missing == 0 && answered >= clients*count) || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	onlyReplies := map[string][]string{}
+	for id, rs := range replies {
+		for _, r := range rs {
+			if !strings.HasPrefix(r, "push-") && !strings.HasPrefix(r, "hello-") {
+				onlyReplies[id] = append(onlyReplies[id], r)
+			}
+		}
+	}
+	sent := map[string][]string{}
+	for i := range clients {
+		sent[fmt.Sprintf("c%d", i)] = numbers(count)
+	}
+	log := api.deliveries(t)
+	lt := tallyLog(log, sent)
+	rt := tallyReplies(onlyReplies, sent, func(m string) []string { return []string{m} })
+	deletes := 0
+	for _, d := range log {
+		if d.method == "DELETE" {
+			deletes++
+		}
+	}
+	npushed := 0
+	pushed.Range(func(_, _ any) bool { npushed++; return true })
+	t.Logf("cluster upgrade: %v; %v; DELETEs %d; relayed pushes answered 200: %d, not arrived once: %d, failed: %d (%v)",
+		lt, rt, deletes, npushed, missing, failed.Load(), failure.Load())
+	ch.mu.Lock()
+	dropped := slices.Clone(ch.dropped)
+	ch.mu.Unlock()
+	switch {
+	case len(dropped) > 0:
+		t.Errorf("clients saw their connection end: %v", dropped[:min(len(dropped), 5)])
+	case !lt.ok() || !rt.ok():
+		t.Errorf("across the upgrade: %v; %v", lt, rt)
+	case deletes != 0:
+		t.Errorf("the API saw %d DELETEs", deletes)
+	case missing > 0 || failed.Load() > 0 || npushed == 0:
+		t.Errorf("relayed pushes: %d answered 200, %d of them not arrived exactly once, %d failed (%v)", npushed, missing, failed.Load(), failure.Load())
+	}
+}

@@ -27,6 +27,9 @@ import (
 var version = "dev"
 
 func main() {
+	if supervising() {
+		os.Exit(supervise()) // a container's PID 1 (supervise.go)
+	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	go func() {
 		// After the first signal, the default action returns: a second

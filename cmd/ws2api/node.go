@@ -94,7 +94,11 @@ func (n *node) build() error {
 	if n.cfg.demoPages != nil {
 		n.demoPage, n.demoNote = n.cfg.demoPages(n.publicLn.Addr(), n.controlLn.Addr())
 	}
-	if n.gw, err = gateway.New(gatewayOptions(n.cfg, n.lp, n.pool, n.log, n.m, n.tlsConfig, n.demoNote)); err != nil {
+	gwOpts := gatewayOptions(n.cfg, n.lp, n.pool, n.log, n.m, n.tlsConfig, n.demoNote)
+	if n.inherited != nil {
+		gwOpts.Node, gwOpts.After = n.inherited.node, n.inherited.after
+	}
+	if n.gw, err = gateway.New(gwOpts); err != nil {
 		return err
 	}
 	n.gwReady.Store(n.gw)
@@ -102,7 +106,9 @@ func (n *node) build() error {
 		n.gw.AwaitHandover()
 	}
 	if n.cfg.redis != "" {
-		if n.bus, err = cluster.New(busOptions(n.cfg, n.gw, n.log, n.m)); err != nil {
+		busOpts := busOptions(n.cfg, n.gw, n.log, n.m)
+		busOpts.Successor = n.inherited != nil
+		if n.bus, err = cluster.New(busOpts); err != nil {
 			return err
 		}
 		n.gw.SetPresence(n.bus)
@@ -284,7 +290,7 @@ func (n *node) run(ctx context.Context) error {
 			log.Warn("upgrade: could not tell the old process this one serves; it keeps serving too until it gives up", "error", err)
 			n.gw.Arrived(0, 0)
 		} else {
-			go l.serveNew(n.gw, log.Warn)
+			go l.serveNew(n.gw, n.bus, log.Warn)
 		}
 	} else {
 		sdNotify("READY=1")

@@ -44,6 +44,11 @@ var exePath, _ = os.Executable()
 type inherited struct {
 	public, control net.Listener
 	conn            *net.UnixConn // to the old process
+	// The old process's node name, which this one keeps (the connections
+	// it takes over are named by it), and where its own connection
+	// numbers start.
+	node  string
+	after uint64
 }
 
 // inheritListeners receives the listeners from the old process, if this
@@ -69,7 +74,7 @@ func inheritListeners(getenv func(string) string) (*inherited, error) {
 		return nil, errors.New("upgrade: " + envUpgradeFD + " is not a Unix socket")
 	}
 	_ = uc.SetReadDeadline(time.Now().Add(10 * time.Second))
-	buf, oob := make([]byte, 64), make([]byte, syscall.CmsgSpace(2*4))
+	buf, oob := make([]byte, 128), make([]byte, syscall.CmsgSpace(2*4))
 	n, oobn, _, _, err := uc.ReadMsgUnix(buf, oob)
 	_ = uc.SetReadDeadline(time.Time{})
 	if err != nil {
@@ -77,14 +82,19 @@ func inheritListeners(getenv func(string) string) (*inherited, error) {
 		return nil, fmt.Errorf("upgrade: receiving the listeners: %w", err)
 	}
 	fds, err := receivedFDs(oob[:oobn])
-	if err != nil || string(buf[:n]) != "listeners\n" || len(fds) != 2 {
+	var node string
+	var after uint64
+	if _, serr := fmt.Sscanf(string(buf[:n]), "listeners %s %d\n", &node, &after); serr != nil && err == nil {
+		err = serr
+	}
+	if err != nil || len(fds) != 2 {
 		for _, fd := range fds {
 			syscall.Close(fd)
 		}
 		uc.Close()
 		return nil, fmt.Errorf("upgrade: the old process sent %q and %d descriptors, want the two listeners (%v)", buf[:n], len(fds), err)
 	}
-	h := &inherited{conn: uc}
+	h := &inherited{conn: uc, node: node, after: after}
 	for i, dst := range []*net.Listener{&h.public, &h.control} {
 		f := os.NewFile(uintptr(fds[i]), "listener")
 		*dst, err = net.FileListener(f)
@@ -182,7 +192,10 @@ func (n *node) upgrade(timeout time.Duration) (*link, error) {
 		defer f.Close()
 		files = append(files, f)
 	}
-	if _, _, err := uc.WriteMsgUnix([]byte("listeners\n"), syscall.UnixRights(int(files[0].Fd()), int(files[1].Fd())), nil); err != nil {
+	// The node's name goes on; the new process numbers its connections
+	// from far beyond this one's, which may still accept a few.
+	hello := fmt.Sprintf("listeners %s %d\n", n.gw.Node(), n.gw.Connections()+1<<32)
+	if _, _, err := uc.WriteMsgUnix([]byte(hello), syscall.UnixRights(int(files[0].Fd()), int(files[1].Fd())), nil); err != nil {
 		uc.Close()
 		return nil, fail(fmt.Errorf("passing the listeners: %w", err))
 	}
@@ -226,6 +239,16 @@ func (n *node) handOver(l *link) {
 	moved, closed, err := n.gw.HandOver(ctx, successor{l}, announce, send)
 	if derr := l.send(&rec{Type: "done", Taken: moved, Closed: closed}, nil); err == nil {
 		err = derr
+	}
+	// In a cluster the other nodes find the clients through Redis: this
+	// process forwards what still reaches it until the new one has
+	// written where they are.
+	select {
+	case <-l.settled:
+	case <-time.After(5 * time.Second):
+	}
+	if n.bus != nil {
+		n.bus.HandOff(5 * time.Second) // the new process serves the node's requests from here
 	}
 	took := time.Since(start).Round(time.Millisecond).String()
 	if err != nil {

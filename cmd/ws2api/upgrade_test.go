@@ -317,3 +317,64 @@ func TestUpgradeThatFailsLeavesTheOldProcessServing(t *testing.T) {
 		stillServes(tc.log)
 	}
 }
+
+// In a container ws2api is PID 1, whose exit ends the container: it then
+// supervises the gateway (supervise.go). Here a PID namespace of its own
+// (unshare, as a container runtime makes one): SIGUSR2 to PID 1 upgrades
+// the gateway without closing a client, PID 1 stays, and SIGTERM to it
+// drains the serving process, whose exit status PID 1 returns.
+func TestUpgradeAsAContainersFirstProcess(t *testing.T) {
+	t.Parallel()
+	unshare := tool(t, "unshare")
+	dir := t.TempDir()
+	v2 := buildVersion(t, dir, "v2")
+	exe := filepath.Join(dir, "ws2api")
+	install(t, binary, exe)
+	wrapper := filepath.Join(dir, "container")
+	script := "#!/bin/sh\nexec " + unshare + " --fork --pid --mount-proc " + exe + ` "$@"` + "\n"
+	if err := os.WriteFile(wrapper, []byte(script), 0o755); err != nil {
+		t.Fatal(err)
+	}
+	api := testkit.NewAPI(t)
+	p := startBinary(t, wrapper, nil, "-api", api.URL())
+	// PID 1 of the namespace, as the host sees it: unshare's child.
+	b, err := os.ReadFile(fmt.Sprintf("/proc/%d/task/%d/children", p.cmd.Process.Pid, p.cmd.Process.Pid))
+	if err != nil || len(strings.Fields(string(b))) != 1 {
+		t.Fatalf("unshare's children: %q %v", b, err)
+	}
+	pid1, _ := strconv.Atoi(strings.Fields(string(b))[0])
+	if pids := servingPids(p); len(pids) != 1 || pids[0] == 1 {
+		t.Fatalf("the gateway serves as pid %v in the namespace: want a child of PID 1", pids)
+	}
+	c := testkit.Dial(t, "ws://"+p.public+"/boxed", nil)
+	install(t, v2, exe)
+	if err := syscall.Kill(pid1, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, p, `"msg":"upgrade: connections handed over"`)
+	for deadline := time.Now().Add(10 * time.Second); ; {
+		if _, body := get(t, p.control+"/metrics"); strings.Contains(body, `ws2api_build_info{version="v2"`) {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no v2 serving 10s after SIGUSR2 to PID 1")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	if status, body := post(t, p.control+"/boxed", "after"); status != http.StatusOK {
+		t.Fatalf("push after the upgrade: %d %s", status, body)
+	}
+	if _, got := testkit.Read(t, c, 5*time.Second); got != "after" {
+		t.Fatalf("the client got %q after the upgrade", got)
+	}
+	if gone(pid1) {
+		t.Fatal("PID 1 exited with the old gateway: the container would have ended")
+	}
+	if err := syscall.Kill(pid1, syscall.SIGTERM); err != nil {
+		t.Fatal(err)
+	}
+	testkit.ExpectClose(t, c, 1001, "going away", 10*time.Second)
+	if code := p.stop(nil, 15*time.Second); code != 0 {
+		t.Fatalf("the container exited %d after SIGTERM, want the gateway's 0\n%s", code, p.logs())
+	}
+}

@@ -25,6 +25,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	mrand "math/rand/v2"
 	"strconv"
 	"strings"
 	"sync"
@@ -78,6 +79,10 @@ type Options struct {
 	PresenceTTL time.Duration
 	Logger      *slog.Logger
 	Metrics     *metrics.Metrics
+	// Successor: this process takes the node over from the one before it
+	// (a binary upgrade), under the same name: it serves no request from
+	// other nodes until that one has handed off (handoff.go).
+	Successor bool
 }
 
 // Defaults are the values Options' zero fields take, and the flags'
@@ -105,6 +110,12 @@ type Bus struct {
 	beat     chan struct{} // one token: stamp this node in nodes now
 	serving  chan struct{} // a token per request from another node being served
 	warn     warnlog.Limiter
+
+	// A binary upgrade (handoff.go): the new process stands by, the old
+	// one retires once its hand-off marker comes back.
+	standby  atomic.Bool
+	retiring atomic.Pointer[handOff]
+	retired  atomic.Bool
 }
 
 // New connects to Redis and subscribes to the node's channels. It returns
@@ -161,6 +172,10 @@ func New(opts Options) (*Bus, error) {
 		serving: make(chan struct{}, maxServing),
 	}
 	b.m = opts.Metrics.Cluster(b.up.Load)
+	// Request numbers start at random: after an upgrade two processes
+	// share a node's name, and its channel's answers, for a moment.
+	b.seq.Store(mrand.Uint64() >> 1)
+	b.standby.Store(opts.Successor)
 	b.presence.wake = make(chan struct{}, 1)
 	b.ctx, b.cancel = context.WithCancel(context.Background())
 	ready := make(chan struct{})
@@ -178,14 +193,20 @@ func (b *Bus) Up() bool { return b.up.Load() }
 // Close writes the presence updates still queued (within a second: the
 // disconnects of a shutdown), then unsubscribes and closes the connection.
 func (b *Bus) Close() {
-	deadline := time.Now().Add(time.Second)
-	for b.up.Load() && b.presence.pending() && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
+	b.Flush(time.Second)
 	b.cancel()
 	b.wg.Wait()
 	if c := b.client(); c != nil {
 		c.Close()
+	}
+}
+
+// Flush waits, for at most timeout and while Redis is reachable, until
+// the presence updates queued so far are written.
+func (b *Bus) Flush(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for b.up.Load() && b.presence.pending() && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
 }
 
@@ -253,6 +274,9 @@ func (b *Bus) heartbeat() {
 		cancel()
 		select {
 		case <-b.ctx.Done():
+			if b.retired.Load() {
+				return // the node lives on, in the new process
+			}
 			// Leaving: broadcasts stop waiting for this node at once.
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			c.Do(ctx, c.B().Zrem().Key(b.nodesKey()).Member(b.node).Build())
@@ -325,9 +349,14 @@ func (b *Bus) received(msg rueidis.PubSubMessage) {
 			default: // a late duplicate
 			}
 		}
+	case kindHandOff:
+		b.handedOff(e)
 	case kindRequest, kindBroadcast:
 		if e.From == b.node {
 			return // our own broadcast: delivered locally already
+		}
+		if b.standby.Load() || b.retired.Load() {
+			return // the other process of an upgrade serves it (handoff.go)
 		}
 		select {
 		case b.serving <- struct{}{}:

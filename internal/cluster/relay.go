@@ -31,6 +31,7 @@ const (
 	kindAnswer    = "ans"
 	kindBroadcast = "bc"
 	kindReplaced  = "rpl"
+	kindHandOff   = "hof" // a binary upgrade's: the old process serves no request after it (handoff.go)
 )
 
 // Request operations beside an Op on one client (hub.Kind).

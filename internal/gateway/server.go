@@ -163,6 +163,12 @@ type Options struct {
 	// upgrade): `ws2api demo`'s page. Production gateways leave it nil,
 	// and a plain GET gets 400.
 	Page []byte
+	// Node names this process in connection ids (and on the cluster bus).
+	// Default: random. A process started by a binary upgrade takes the
+	// old one's, with connection numbers from After on, so that the
+	// connections it takes over keep their ids (handover.go).
+	Node  string
+	After uint64
 }
 
 // Presence is told which ids this node holds, and by which connection
@@ -341,6 +347,10 @@ func New(opts Options) (*Server, error) {
 		m:     opts.Metrics,
 		node:  hex.EncodeToString(node[:]),
 		epoch: time.Now(),
+	}
+	if opts.Node != "" {
+		s.node = opts.Node
+		s.connSeq.Store(opts.After)
 	}
 	s.reg.init()
 	s.groups.init()
@@ -537,6 +547,9 @@ func (s *Server) Held() []hub.Held { return s.reg.held() }
 // Node returns this node's name: random, made at start, the prefix of its
 // connection ids.
 func (s *Server) Node() string { return s.node }
+
+// Connections returns the number of the last connection id handed out.
+func (s *Server) Connections() uint64 { return s.connSeq.Load() }
 
 // newConnID returns an id unique to one connection for its life:
 // X-Ws2api-Connection-Id.
