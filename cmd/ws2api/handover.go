@@ -8,6 +8,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"runtime"
 	"sync"
 	"syscall"
 	"time"
@@ -24,7 +25,8 @@ import (
 //
 //	new -> old  ready                 the new process serves
 //	old -> new  coming {ids}          the connections about to pass
-//	old -> new  conn {state} + fd     one connection (or gone: not coming)
+//	old -> new  conns {states} + fds  connections (or gone: not coming),
+//	                                  a few hundred at a time
 //	old -> new  op {n, op | many}     an op on clients that reached the old
 //	new -> old  result {n, ...}       its result
 //	old -> new  done {taken, closed}  every connection passed or closed
@@ -37,13 +39,15 @@ import (
 type rec struct {
 	Type   string          `json:"t"`
 	IDs    []string        `json:"ids,omitempty"`
-	Conn   *gateway.Moving `json:"conn,omitempty"`
+	Conns  []*gateway.Moving `json:"conns,omitempty"`
 	N      uint64          `json:"n,omitempty"`
 	Op     *hub.Op         `json:"op,omitempty"`
 	Many   *manyOp         `json:"many,omitempty"`
 	Result *opResult       `json:"result,omitempty"`
 	Taken  int             `json:"taken,omitempty"`
 	Closed int             `json:"closed,omitempty"`
+
+	files []*os.File // a conns record's sockets (nil for one gone), received beside it
 }
 
 // manyOp is an op on many clients (hub.Clients' PushMany, Broadcast,
@@ -86,8 +90,8 @@ func newLink(c *net.UnixConn) *link {
 	return &link{c: c, waiting: map[uint64]chan *opResult{}, settled: make(chan struct{})}
 }
 
-// send writes r, with f's descriptor if f is not nil.
-func (l *link) send(r *rec, f *os.File) error {
+// send writes r, with the descriptors fds (those that are -1 left out).
+func (l *link) send(r *rec, fds ...int) error {
 	body, err := json.Marshal(r)
 	if err != nil {
 		return err
@@ -96,19 +100,26 @@ func (l *link) send(r *rec, f *os.File) error {
 	msg = append(msg, body...)
 	l.wmu.Lock()
 	defer l.wmu.Unlock()
-	if f == nil {
+	var pass []int
+	for _, fd := range fds {
+		if fd >= 0 {
+			pass = append(pass, fd)
+		}
+	}
+	if len(pass) == 0 {
 		_, err = l.c.Write(msg)
 		return err
 	}
-	n, _, err := l.c.WriteMsgUnix(msg, syscall.UnixRights(int(f.Fd())), nil)
+	n, _, err := l.c.WriteMsgUnix(msg, syscall.UnixRights(pass...), nil)
 	if err == nil && n < len(msg) {
 		_, err = l.c.Write(msg[n:]) // the descriptor went with the first bytes
 	}
 	return err
 }
 
-// receive reads the next record, and the descriptor of a conn record.
-func (l *link) receive() (*rec, *os.File, error) {
+// receive reads the next record, with a conns record's sockets in
+// r.files.
+func (l *link) receive() (*rec, error) {
 	for {
 		if len(l.buf) >= 4 {
 			n := int(be.BigEndian.Uint32(l.buf))
@@ -117,20 +128,23 @@ func (l *link) receive() (*rec, *os.File, error) {
 				err := json.Unmarshal(l.buf[4:4+n], r)
 				l.buf = l.buf[4+n:]
 				if err != nil {
-					return nil, nil, fmt.Errorf("upgrade link: %w", err)
+					return nil, fmt.Errorf("upgrade link: %w", err)
 				}
-				var f *os.File
-				if r.Type == "conn" && r.Conn != nil && !r.Conn.Gone {
-					if len(l.fds) == 0 {
-						return nil, nil, errors.New("upgrade link: a connection came without its socket")
+				for _, m := range r.Conns {
+					var f *os.File
+					if !m.Gone {
+						if len(l.fds) == 0 {
+							return nil, errors.New("upgrade link: a connection came without its socket")
+						}
+						f = os.NewFile(uintptr(l.fds[0]), "client socket")
+						l.fds = l.fds[1:]
 					}
-					f = os.NewFile(uintptr(l.fds[0]), "client socket")
-					l.fds = l.fds[1:]
+					r.files = append(r.files, f)
 				}
-				return r, f, nil
+				return r, nil
 			}
 		}
-		chunk, oob := make([]byte, 64<<10), make([]byte, syscall.CmsgSpace(64*4))
+		chunk, oob := make([]byte, 256<<10), make([]byte, syscall.CmsgSpace(256*4))
 		n, oobn, _, _, err := l.c.ReadMsgUnix(chunk, oob)
 		if oobn > 0 {
 			fds, ferr := receivedFDs(oob[:oobn])
@@ -139,14 +153,14 @@ func (l *link) receive() (*rec, *os.File, error) {
 			}
 			l.fds = append(l.fds, fds...)
 			if ferr != nil {
-				return nil, nil, ferr
+				return nil, ferr
 			}
 		}
 		if err != nil {
-			return nil, nil, err
+			return nil, err
 		}
 		if n <= 0 {
-			return nil, nil, io.EOF
+			return nil, io.EOF
 		}
 		l.buf = append(l.buf, chunk[:n]...)
 	}
@@ -173,13 +187,15 @@ func (l *link) close() {
 // closes.
 func (l *link) readResults() {
 	for {
-		r, f, err := l.receive()
+		r, err := l.receive()
 		if err != nil {
 			l.close()
 			return
 		}
-		if f != nil {
-			f.Close()
+		for _, f := range r.files {
+			if f != nil {
+				f.Close()
+			}
 		}
 		if r.Type == "settled" {
 			close(l.settled)
@@ -210,7 +226,7 @@ func (l *link) do(r *rec, wait time.Duration) *opResult {
 	r.N = l.seq
 	l.waiting[r.N] = ch
 	l.mu.Unlock()
-	if err := l.send(r, nil); err != nil {
+	if err := l.send(r, -1); err != nil {
 		return &opResult{Err: errLinkDown.Error()}
 	}
 	select {
@@ -312,7 +328,26 @@ func (s successor) BroadcastGroup(group string, binary bool, data []byte) (int, 
 // until the link closes.
 func (l *link) serveNew(gw *gateway.Server, bus *cluster.Bus, logf func(msg string, args ...any)) {
 	done := false
+
+	// Connections are taken over by a few goroutines at once: each costs
+	// some system calls, and the old process sends them faster than one
+	// goroutine takes them.
+	adopting := make(chan adoption, 512)
+	var adopters sync.WaitGroup
+	for range max(runtime.GOMAXPROCS(0), 2) {
+		adopters.Go(func() {
+			for a := range adopting {
+				if err := gw.Adopt(a.m, a.f); err != nil {
+					logf("upgrade: a connection could not be taken over", "id", a.m.ID, "error", err)
+				}
+			}
+		})
+	}
 	defer func() {
+		if adopting != nil {
+			close(adopting)
+			adopters.Wait()
+		}
 		l.close()
 		if !done {
 			gw.Arrived(0, 0) // the old process died mid-way: nothing more comes
@@ -322,7 +357,7 @@ func (l *link) serveNew(gw *gateway.Server, bus *cluster.Bus, logf func(msg stri
 		}
 	}()
 	for {
-		r, f, err := l.receive()
+		r, err := l.receive()
 		if err != nil {
 			if !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) {
 				logf("upgrade: the link to the old process failed", "error", err)
@@ -332,26 +367,36 @@ func (l *link) serveNew(gw *gateway.Server, bus *cluster.Bus, logf func(msg stri
 		switch r.Type {
 		case "coming":
 			gw.Expect(r.IDs)
-		case "conn":
-			if r.Conn == nil {
-				continue
-			}
-			if err := gw.Adopt(r.Conn, f); err != nil {
-				logf("upgrade: a connection could not be taken over", "id", r.Conn.ID, "error", err)
+		case "conns":
+			for i, m := range r.Conns {
+				if adopting == nil { // (none comes after done)
+					_ = gw.Adopt(m, r.files[i])
+					continue
+				}
+				adopting <- adoption{m, r.files[i]}
 			}
 		case "op":
 			go l.serveOp(gw, r) // an op may wait for its client's arrival
 		case "done":
 			done = true
+			close(adopting)
+			adopters.Wait()
+			adopting = nil
 			gw.Arrived(r.Taken, r.Closed)
 			go func() {
 				if bus != nil {
 					bus.Flush(5 * time.Second) // the clients' records name this node now
 				}
-				_ = l.send(&rec{Type: "settled"}, nil)
+				_ = l.send(&rec{Type: "settled"}, -1)
 			}()
 		}
 	}
+}
+
+// adoption is one connection to take over, and its socket.
+type adoption struct {
+	m *gateway.Moving
+	f *os.File
 }
 
 func (l *link) serveOp(gw *gateway.Server, r *rec) {
@@ -378,5 +423,5 @@ func (l *link) serveOp(gw *gateway.Server, r *rec) {
 			res.Err = err.Error()
 		}
 	}
-	_ = l.send(&rec{Type: "result", N: r.N, Result: res}, nil)
+	_ = l.send(&rec{Type: "result", N: r.N, Result: res}, -1)
 }

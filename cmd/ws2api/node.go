@@ -121,6 +121,9 @@ func (n *node) build() error {
 // here only if run never began (run drains it).
 func (n *node) close() {
 	if n.ctl != nil {
+		if n.upgraded {
+			n.ctl.Quiesce(n.cfg.relayTimeout)
+		}
 		_ = n.ctl.Close()
 	}
 	if n.bus != nil {

@@ -136,7 +136,7 @@ func (h *inherited) close() {
 // its connections come over.
 func (h *inherited) ready() (*link, error) {
 	l := newLink(h.conn)
-	if err := l.send(&rec{Type: "ready"}, nil); err != nil {
+	if err := l.send(&rec{Type: "ready"}, -1); err != nil {
 		l.close()
 		return nil, err
 	}
@@ -202,7 +202,7 @@ func (n *node) upgrade(timeout time.Duration) (*link, error) {
 	l := newLink(uc)
 	ready := make(chan error, 1)
 	go func() {
-		r, _, err := l.receive()
+		r, err := l.receive()
 		if err == nil && r.Type != "ready" {
 			err = fmt.Errorf("it said %q", r.Type)
 		}
@@ -234,10 +234,10 @@ func (n *node) handOver(l *link) {
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.drainTimeout)
 	defer cancel()
-	announce := func(ids []string) error { return l.send(&rec{Type: "coming", IDs: ids}, nil) }
-	send := func(m *gateway.Moving, f *os.File) error { return l.send(&rec{Type: "conn", Conn: m}, f) }
+	announce := func(ids []string) error { return l.send(&rec{Type: "coming", IDs: ids}, -1) }
+	send := func(ms []*gateway.Moving, fds []int) error { return l.send(&rec{Type: "conns", Conns: ms}, fds...) }
 	moved, closed, err := n.gw.HandOver(ctx, successor{l}, announce, send)
-	if derr := l.send(&rec{Type: "done", Taken: moved, Closed: closed}, nil); err == nil {
+	if derr := l.send(&rec{Type: "done", Taken: moved, Closed: closed}, -1); err == nil {
 		err = derr
 	}
 	// In a cluster the other nodes find the clients through Redis: this

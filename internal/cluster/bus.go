@@ -191,9 +191,17 @@ func (b *Bus) Node() string { return b.node }
 func (b *Bus) Up() bool { return b.up.Load() }
 
 // Close writes the presence updates still queued (within a second: the
-// disconnects of a shutdown), then unsubscribes and closes the connection.
+// disconnects of a shutdown), lets the requests from other nodes being
+// served answer (within Timeout), then unsubscribes and closes the
+// connection.
 func (b *Bus) Close() {
 	b.Flush(time.Second)
+	// The requests from other nodes being served answer first (after an
+	// upgrade's hand-off, those forwarded to the new process).
+	deadline := time.Now().Add(b.opts.Timeout)
+	for len(b.serving) > 0 && time.Now().Before(deadline) {
+		time.Sleep(5 * time.Millisecond)
+	}
 	b.cancel()
 	b.wg.Wait()
 	if c := b.client(); c != nil {

@@ -95,6 +95,31 @@ func (s *Server) StopAccepting() {
 	}
 }
 
+// Quiesce waits, for at most timeout, until no connection has a request
+// being answered (after a binary upgrade, before Close: the ops forwarded
+// to the new process answer their callers).
+func (s *Server) Quiesce(timeout time.Duration) {
+	deadline := time.Now().Add(timeout)
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		conns := make([]*ctlConn, 0, len(s.conns))
+		for c := range s.conns {
+			conns = append(conns, c)
+		}
+		s.mu.Unlock()
+		busy := false
+		for _, c := range conns {
+			c.mu.Lock()
+			busy = busy || len(c.answers) > 0
+			c.mu.Unlock()
+		}
+		if !busy {
+			return
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 // Close stops accepting, closes every connection and waits for the
 // requests being answered on goroutines.
 func (s *Server) Close() error {

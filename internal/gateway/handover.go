@@ -6,6 +6,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/lesismal/nbio"
@@ -93,12 +94,12 @@ const HandoverWait = time.Second
 
 // HandOver passes this process's open plain connections on (see the top
 // of this file): succ serves every op on clients from now on, announce
-// gets the ids that will come, send each connection's state and a copy of
-// its socket (which send closes), or a Moving with Gone set for one that
-// will not come after all. It returns once each has been sent or closed,
+// gets the ids that will come, send connections' states and their
+// sockets' descriptors (valid during the call), a few hundred at a time,
+// where a Moving with Gone set (and fd -1) is one not coming after all. It returns once each has been sent or closed,
 // with the counts, or when ctx ends.
 func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(ids []string) error,
-	send func(*Moving, *os.File) error) (moved, closed int, err error) {
+	send func(ms []*Moving, fds []int) error) (moved, closed int, err error) {
 	s.restarting.Store(true)
 	s.mu.Lock()
 	s.draining.Store(true)
@@ -110,7 +111,7 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 	s.accept.Wait()
 	s.successor.Store(&succ)
 
-	var going []*conn
+	var queued []*conn
 	var ids []string
 	for _, c := range s.reg.all() {
 		c.mu.Lock()
@@ -121,52 +122,95 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 			c.closeLocked(closeRestart)
 			closed++
 		default:
-			c.moving = moving
-			going = append(going, c)
+			queued = append(queued, c)
 			ids = append(ids, c.id)
 		}
 		c.mu.Unlock()
 	}
 	if err := announce(ids); err != nil {
-		for _, c := range going {
+		for _, c := range queued {
 			c.closeWith(closeRestart)
 		}
-		return 0, closed + len(going), err
+		return 0, closed + len(queued), err
 	}
 
 	type sent struct {
 		m    *Moving
-		f    *os.File
+		fd   int
 		nc   *nbio.Conn
 		fail error
 	}
-	out := make(chan sent, len(going))
+	out := make(chan sent, len(queued))
+	var unsent atomic.Int64 // moving, not yet sent: at most handoverWindow
 	var wg sync.WaitGroup
 	wg.Go(func() {
+		var batch []sent
+		var ms []*Moving
+		var fds []int
 		for x := range out {
-			if x.fail == nil {
-				x.fail = send(x.m, x.f)
-				x.f.Close()
-			} else if gerr := send(x.m, nil); gerr != nil && err == nil {
-				err = gerr
+			// What is ready goes in one message: a system call and a
+			// wake-up of the new process for many connections.
+			batch = append(batch[:0], x)
+		more:
+			for len(batch) < sendBatch {
+				select {
+				case y, ok := <-out:
+					if !ok {
+						break more
+					}
+					batch = append(batch, y)
+				default:
+					break more
+				}
 			}
-			if x.nc != nil {
-				nc := x.nc
-				s.loop.Later(nc.Hash(), closeTask{nc})
+			ms, fds = ms[:0], fds[:0]
+			for _, y := range batch {
+				fd := -1
+				if y.fail == nil {
+					fd = y.fd
+				}
+				ms, fds = append(ms, y.m), append(fds, fd)
 			}
+			if serr := send(ms, fds); serr != nil && err == nil {
+				err = serr
+			}
+			for _, y := range batch {
+				if y.nc != nil {
+					s.loop.Later(y.nc.Hash(), closeTask{y.nc})
+				}
+			}
+			unsent.Add(-int64(len(batch)))
 		}
 	})
+	type going struct {
+		c     *conn
+		until time.Time // the end of its wait (HandoverWait)
+	}
+	var active []going
 	var detached sync.WaitGroup
-	deadline := time.Now().Add(HandoverWait)
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
-	for len(going) > 0 {
-		late := !time.Now().Before(deadline)
-		rest := going[:0]
-		for _, c := range going {
-			switch c.handOverStep(late) {
+	for len(queued) > 0 || len(active) > 0 {
+		now := time.Now()
+		// A window of connections moves at a time: each one's pause is
+		// the window's passage, not the whole hand-over's.
+		for len(queued) > 0 && unsent.Load() < handoverWindow {
+			c := queued[0]
+			queued = queued[1:]
+			unsent.Add(1)
+			c.mu.Lock()
+			if c.state == stOpen {
+				c.moving = moving
+			}
+			c.mu.Unlock()
+			active = append(active, going{c, now.Add(HandoverWait)})
+		}
+		rest := active[:0]
+		for _, g := range active {
+			c := g.c
+			switch c.handOverStep(!now.Before(g.until)) {
 			case stepWait:
-				rest = append(rest, c)
+				rest = append(rest, g)
 			case stepGone:
 				out <- sent{m: &Moving{ID: c.id, Gone: true}, fail: errGone}
 				closed++
@@ -174,7 +218,7 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 				moved++
 				detached.Add(1)
 				nc := c.sock.(*nbio.Conn)
-				s.loop.Detach(nc, func(rest []byte, f *os.File, derr error) {
+				s.loop.Detach(nc, func(rest []byte, fd int, derr error) {
 					defer detached.Done()
 					m := c.takeState(rest)
 					if derr != nil {
@@ -182,23 +226,26 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 						out <- sent{m: &Moving{ID: m.ID, Gone: true}, nc: nc, fail: derr}
 						return
 					}
-					out <- sent{m: m, f: f, nc: nc}
+					out <- sent{m: m, fd: fd, nc: nc}
 				})
 			}
 		}
-		going = rest
-		if len(going) == 0 {
+		active = rest
+		if len(queued) == 0 && len(active) == 0 {
 			break
 		}
 		select {
 		case <-ctx.Done():
-			for _, c := range going {
-				c.closeWith(closeRestart)
+			for _, g := range active {
+				g.c.abortMove()
+			}
+			for _, c := range queued {
+				c.abortMove()
 			}
 			detached.Wait()
 			close(out)
 			wg.Wait()
-			return moved, closed + len(going), ctx.Err()
+			return moved, closed + len(active) + len(queued), ctx.Err()
 		case <-tick.C:
 		}
 	}
@@ -207,6 +254,14 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 	wg.Wait()
 	return moved, closed, err
 }
+
+// handoverWindow bounds the connections moving at once (HandOver): the
+// others carry on in the old process meanwhile. sendBatch bounds those
+// sent in one message (SCM_RIGHTS carries at most 253 descriptors).
+const (
+	handoverWindow = 4096
+	sendBatch      = 200
+)
 
 var errGone = errors.New("not coming")
 
@@ -245,6 +300,17 @@ func (c *conn) handOverStep(late bool) handOverStep {
 	c.wakeCallsLocked()
 	c.moving = detaching
 	return stepDetach
+}
+
+// abortMove closes c with 1012, as if it had never been moving.
+func (c *conn) abortMove() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.moving == detaching {
+		return // on its way: its poller finishes it
+	}
+	c.stopMovingLocked()
+	c.closeLocked(closeRestart)
 }
 
 // stopMovingLocked makes c an ordinary connection of this process again

@@ -15,9 +15,12 @@ import (
 // process reads nothing more from it. done gets the bytes the kernel still
 // held (read here, not delivered to c's handler) and a copy of the
 // descriptor to pass on; c itself stays open until closed, which then
-// sends nothing to the peer while the copy lives. done runs on c's poller
+// sends nothing to the peer once another process holds the socket. done runs on c's poller
 // and must not block; on an error the socket is left as it was, but off
-// the loop.
+// the loop. fd stays c's: it is valid until c is closed (close it on its
+// poller, with Later, once fd is passed on), and no copy is made, which
+// for tens of thousands of sockets would pass the process's open-file
+// limit while they wait their turn to go.
 //
 // nbio (v1.6.12) never removes a socket from its poller's epoll set: its
 // close relies on the kernel dropping the registration with the last
@@ -28,7 +31,7 @@ import (
 // c's poller, then reads what is left one turn later: events for c that
 // the same epoll_wait returned are delivered to its handler as usual
 // meanwhile, and none can come after.
-func (l *Loop) Detach(c *nbio.Conn, done func(rest []byte, f *os.File, err error)) {
+func (l *Loop) Detach(c *nbio.Conn, done func(rest []byte, fd int, err error)) {
 	p := placement(c.Hash(), len(l.later))
 	l.Later(p, detachTask(func() {
 		fd := c.Hash()
@@ -37,16 +40,7 @@ func (l *Loop) Detach(c *nbio.Conn, done func(rest []byte, f *os.File, err error
 		}
 		l.Later(p, detachTask(func() {
 			rest, err := drain(fd)
-			if err != nil {
-				done(rest, nil, err)
-				return
-			}
-			dup, err := unix.FcntlInt(uintptr(fd), unix.F_DUPFD_CLOEXEC, 0)
-			if err != nil {
-				done(rest, nil, err)
-				return
-			}
-			done(rest, os.NewFile(uintptr(dup), "client socket"), nil)
+			done(rest, fd, err)
 		}))
 	}))
 }

@@ -101,6 +101,7 @@ func New(name string, pollers, maxWriteBuffer int) (*Loop, error) {
 	if err := l.waitPollers(10 * time.Second); err != nil {
 		return nil, err
 	}
+	l.epollFDs() // now, while the process has few descriptors to look through (detach.go)
 	return l, nil
 }
 
