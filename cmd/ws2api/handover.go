@@ -37,15 +37,15 @@ import (
 // them until the link closes.
 
 type rec struct {
-	Type   string          `json:"t"`
-	IDs    []string        `json:"ids,omitempty"`
+	Type   string            `json:"t"`
+	IDs    []string          `json:"ids,omitempty"`
 	Conns  []*gateway.Moving `json:"conns,omitempty"`
-	N      uint64          `json:"n,omitempty"`
-	Op     *hub.Op         `json:"op,omitempty"`
-	Many   *manyOp         `json:"many,omitempty"`
-	Result *opResult       `json:"result,omitempty"`
-	Taken  int             `json:"taken,omitempty"`
-	Closed int             `json:"closed,omitempty"`
+	N      uint64            `json:"n,omitempty"`
+	Op     *hub.Op           `json:"op,omitempty"`
+	Many   *manyOp           `json:"many,omitempty"`
+	Result *opResult         `json:"result,omitempty"`
+	Taken  int               `json:"taken,omitempty"`
+	Closed int               `json:"closed,omitempty"`
 
 	files []*os.File // a conns record's sockets (nil for one gone), received beside it
 }
