@@ -335,9 +335,28 @@ wait:
 			// The new process accepts on the listeners from here on;
 			// control connections already open are served (their ops
 			// forwarded to the new process) until the drain is over.
-			sdNotify("STOPPING=1")
+			// Copies of the listeners stay, should the hand-over fail.
+			spare, err := listenerFiles(n.publicLn, n.controlLn)
+			if err != nil {
+				log.Error("upgrade failed: this process serves on", "error", err)
+				continue
+			}
 			n.ctl.StopAccepting()
-			n.handOver(l)
+			if err := n.handOver(l); err != nil {
+				log.Error("upgrade failed during the hand-over (the connections already passed went with the new process): this process serves on the rest", "error", err)
+				<-gwDone // the listeners' loops ended with their close
+				<-ctlDone
+				if n.publicLn, n.controlLn, err = spare.listeners(); err != nil {
+					return fmt.Errorf("upgrade rollback: %w", err)
+				}
+				n.ctl.Resume()
+				go func() { gwDone <- n.gw.Resume(n.publicLn) }()
+				go func() { ctlDone <- n.ctl.Serve(n.controlLn) }()
+				sdNotify("MAINPID=" + strconv.Itoa(os.Getpid()) + "\nREADY=1")
+				continue
+			}
+			spare.close()
+			sdNotify("STOPPING=1")
 			n.upgraded = true
 			break wait
 		case runErr = <-gwDone:

@@ -228,8 +228,9 @@ func (n *node) upgrade(timeout time.Duration) (*link, error) {
 
 // handOver passes the gateway's connections to the new process over l
 // (gateway.Server.HandOver), within -drain-timeout; ops on clients that
-// reach this process go over l from now on, until it exits.
-func (n *node) handOver(l *link) {
+// reach this process go over l from now on, until it exits. An error is a
+// hand-over cut short by the new process's end: this one serves on.
+func (n *node) handOver(l *link) error {
 	go l.readResults()
 	start := time.Now()
 	ctx, cancel := context.WithTimeout(context.Background(), n.cfg.drainTimeout)
@@ -239,6 +240,11 @@ func (n *node) handOver(l *link) {
 	moved, closed, err := n.gw.HandOver(ctx, successor{l}, announce, send)
 	if derr := l.send(&rec{Type: "done", Taken: moved, Closed: closed}, -1); err == nil {
 		err = derr
+	}
+	took := time.Since(start).Round(time.Millisecond).String()
+	if err != nil && !errors.Is(err, context.DeadlineExceeded) {
+		n.log.Error("upgrade: hand-over cut short: the new process is gone", "handed_over", moved, "closed", closed, "took", took, "error", err)
+		return err
 	}
 	// In a cluster the other nodes find the clients through Redis: this
 	// process forwards what still reaches it until the new one has
@@ -250,12 +256,49 @@ func (n *node) handOver(l *link) {
 	if n.bus != nil {
 		n.bus.HandOff(5 * time.Second) // the new process serves the node's requests from here
 	}
-	took := time.Since(start).Round(time.Millisecond).String()
-	if err != nil {
-		n.log.Error("upgrade: hand-over incomplete", "handed_over", moved, "closed", closed, "took", took, "error", err)
-		return
+	if err != nil { // -drain-timeout: the rest were closed with 1012
+		n.log.Error("upgrade: hand-over incomplete within -drain-timeout", "handed_over", moved, "closed", closed, "took", took, "error", err)
+		return nil
 	}
 	n.log.Info("upgrade: connections handed over", "handed_over", moved, "closed_1012", closed, "took", took)
+	return nil
+}
+
+// spareListeners are copies of the listening sockets, kept through a
+// hand-over in case it fails.
+type spareListeners [2]*os.File
+
+func listenerFiles(public, control net.Listener) (spareListeners, error) {
+	var s spareListeners
+	for i, ln := range []net.Listener{public, control} {
+		f, err := ln.(*net.TCPListener).File()
+		if err != nil {
+			s.close()
+			return s, err
+		}
+		s[i] = f
+	}
+	return s, nil
+}
+
+func (s spareListeners) listeners() (public, control net.Listener, err error) {
+	defer s.close()
+	if public, err = net.FileListener(s[0]); err != nil {
+		return nil, nil, err
+	}
+	if control, err = net.FileListener(s[1]); err != nil {
+		public.Close()
+		return nil, nil, err
+	}
+	return public, control, nil
+}
+
+func (s spareListeners) close() {
+	for _, f := range s {
+		if f != nil {
+			f.Close()
+		}
+	}
 }
 
 // sdNotify tells systemd (Type=notify) of a state change; nothing without

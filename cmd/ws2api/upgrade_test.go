@@ -378,3 +378,50 @@ func TestUpgradeAsAContainersFirstProcess(t *testing.T) {
 		t.Fatalf("the container exited %d after SIGTERM, want the gateway's 0\n%s", code, p.logs())
 	}
 }
+
+// A new binary that takes the listeners, says it is ready, then cannot
+// take a connection (goneafterready: its end of the link is shut): the
+// old process keeps every client, accepts again and serves on, and says
+// so in its log.
+func TestUpgradeThatFailsDuringTheHandOver(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fake := filepath.Join(dir, "goneafterready")
+	if out, err := exec.Command("go", "build", "-o", fake, "./testdata/goneafterready").CombinedOutput(); err != nil {
+		t.Fatalf("building the fake: %v\n%s", err, out)
+	}
+	exe := filepath.Join(dir, "ws2api")
+	install(t, binary, exe)
+	api := testkit.NewAPI(t)
+	p := startBinary(t, exe, nil, "-api", api.URL())
+	var clients []*websocket.Conn
+	for i := range 5 {
+		clients = append(clients, testkit.Dial(t, fmt.Sprintf("ws://%s/stay-%d", p.public, i), nil))
+	}
+	install(t, fake, exe)
+	if err := p.cmd.Process.Signal(syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	waitLog(t, p, "upgrade failed during the hand-over")
+	for i, c := range clients {
+		id := fmt.Sprintf("stay-%d", i)
+		if status, body := post(t, p.control+"/"+id, "still here"); status != http.StatusOK {
+			t.Fatalf("push to %s after the failed hand-over: %d %s", id, status, body)
+		}
+		if _, got := testkit.Read(t, c, 5*time.Second); got != "still here" {
+			t.Fatalf("%s got %q", id, got)
+		}
+		_ = c.WriteMessage(websocket.TextMessage, []byte("and talking"))
+		if _, got := testkit.Read(t, c, 5*time.Second); got != "echo:and talking" {
+			t.Fatalf("%s's message answered %q", id, got)
+		}
+	}
+	d, _, err := websocket.DefaultDialer.Dial("ws://"+p.public+"/newcomer", nil)
+	if err != nil {
+		t.Fatalf("a new client after the failed hand-over: %v", err)
+	}
+	d.Close()
+	if n := strings.Count(p.logs(), `"msg":"ws2api serving"`); n != 1 {
+		t.Fatalf("%d processes said they serve", n)
+	}
+}

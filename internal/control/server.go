@@ -120,6 +120,14 @@ func (s *Server) Quiesce(timeout time.Duration) {
 	}
 }
 
+// Resume undoes StopAccepting (a binary upgrade that failed): Serve may be
+// called again, with a listener on the same socket.
+func (s *Server) Resume() {
+	s.mu.Lock()
+	s.closed = false
+	s.mu.Unlock()
+}
+
 // Close stops accepting, closes every connection and waits for the
 // requests being answered on goroutines.
 func (s *Server) Close() error {

@@ -96,8 +96,11 @@ const HandoverWait = time.Second
 // of this file): succ serves every op on clients from now on, announce
 // gets the ids that will come, send connections' states and their
 // sockets' descriptors (valid during the call), a few hundred at a time,
-// where a Moving with Gone set (and fd -1) is one not coming after all. It returns once each has been sent or closed,
-// with the counts, or when ctx ends.
+// where a Moving with Gone set (and fd -1) is one not coming after all. It
+// returns once each has been sent or closed, with the counts, or when ctx
+// ends. If send fails (the new process is gone), it stops: the
+// connections not yet on their way stay here, served as before, and
+// Resume serves a listener again.
 func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(ids []string) error,
 	send func(ms []*Moving, fds []int) error) (moved, closed int, err error) {
 	s.restarting.Store(true)
@@ -128,10 +131,8 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 		c.mu.Unlock()
 	}
 	if err := announce(ids); err != nil {
-		for _, c := range queued {
-			c.closeWith(closeRestart)
-		}
-		return 0, closed + len(queued), err
+		s.successor.Store(nil) // nothing moved: this process serves on (Resume)
+		return 0, closed, err
 	}
 
 	type sent struct {
@@ -142,6 +143,7 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 	}
 	out := make(chan sent, len(queued))
 	var unsent atomic.Int64 // moving, not yet sent: at most handoverWindow
+	var broken atomic.Bool  // a send failed: the new process is gone
 	var wg sync.WaitGroup
 	wg.Go(func() {
 		var batch []sent
@@ -173,6 +175,7 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 			}
 			if serr := send(ms, fds); serr != nil && err == nil {
 				err = serr
+				broken.Store(true)
 			}
 			for _, y := range batch {
 				if y.nc != nil {
@@ -191,6 +194,14 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 	tick := time.NewTicker(2 * time.Millisecond)
 	defer tick.Stop()
 	for len(queued) > 0 || len(active) > 0 {
+		if broken.Load() {
+			// The rest stay: nothing more goes to a process that is gone.
+			for _, g := range active {
+				g.c.stay()
+			}
+			active, queued = nil, nil
+			break
+		}
 		now := time.Now()
 		// A window of connections moves at a time: each one's pause is
 		// the window's passage, not the whole hand-over's.
@@ -252,7 +263,30 @@ func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(i
 	detached.Wait()
 	close(out)
 	wg.Wait()
+	if err != nil {
+		s.successor.Store(nil) // this process serves its clients again
+	}
 	return moved, closed, err
+}
+
+// Resume serves again after a hand-over that failed (HandOver's error):
+// ln is a new listener on the same socket (the old one was closed).
+func (s *Server) Resume(ln net.Listener) error {
+	s.successor.Store(nil)
+	s.mu.Lock()
+	s.draining.Store(false)
+	s.restarting.Store(false)
+	s.mu.Unlock()
+	return s.Serve(ln)
+}
+
+// stay keeps c here: the hand-over stopped before it was on its way.
+func (c *conn) stay() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.moving == moving {
+		c.stopMovingLocked()
+	}
 }
 
 // handoverWindow bounds the connections moving at once (HandOver): the
