@@ -99,11 +99,14 @@ func (c *conn) retireOut() {
 }
 
 // shed closes the clients whose backlogs have waited longest (the largest
-// first among equals) until the total, with need bytes more, is within
-// three quarters of MaxOutgoingTotal. The age decides, not the size: a
-// client that reads has emptied its backlog since a client that stopped
-// began to pile up, however large its own is at this moment (a reader
-// starved of CPU once held more than the stalled clients and was shed). c, whose
+// first among those begun within shedTie of each other) until the total,
+// with need bytes more, is within three quarters of MaxOutgoingTotal. The
+// age decides first, not the size: a client that reads has emptied its
+// backlog since a client that stopped began to pile up, however large its
+// own is at this moment (a reader starved of CPU once held more than the
+// stalled clients and was shed). Within one fan-out the ages differ by the
+// order of writing, so there the size decides: the order once shed a
+// reader written first in the broadcast that crossed the total. c, whose
 // lock is held, is the writer: it reports whether c is still open. It
 // takes no other connection's lock: a shed client is marked, its socket
 // shut down from this goroutine (end: its poller closes it), and its
@@ -132,7 +135,19 @@ func (s *Server) shed(c *conn, need int64) bool {
 		}
 		sh.mu.RUnlock()
 	}
-	slices.SortFunc(backlogs, func(a, b backlog) int {
+	// Oldest first; backlogs begun within shedTie of each other (one
+	// fan-out's) are as old as each other, and the largest of them goes
+	// first: the kernel has taken more from a client that reads, even one
+	// whose process has not run since.
+	slices.SortFunc(backlogs, func(a, b backlog) int { return cmp.Compare(a.since, b.since) })
+	groupStart := int64(0)
+	for i := range backlogs {
+		if i == 0 || backlogs[i].since-groupStart > int64(shedTie) {
+			groupStart = backlogs[i].since
+		}
+		backlogs[i].since = groupStart
+	}
+	slices.SortStableFunc(backlogs, func(a, b backlog) int {
 		return cmp.Or(cmp.Compare(a.since, b.since), cmp.Compare(b.n, a.n))
 	})
 	closed := 0
@@ -151,6 +166,9 @@ func (s *Server) shed(c *conn, need int64) bool {
 	}
 	return c.outq.Load() >= 0
 }
+
+// shedTie: backlogs begun this close together count as equally old (shed).
+const shedTie = 50 * time.Millisecond
 
 // Outgoing returns the bytes waiting to be written to clients, beyond what
 // the kernel holds: what MaxOutgoingTotal bounds (ws2api_outgoing_bytes).
