@@ -90,6 +90,7 @@ type conn struct {
 	ctlTAT     int64     // the same for the ping and pong frames answered (keepalive.go)
 	floodTAT   int64     // the same for every ping and pong, at ten times the rate (keepalive.go)
 	moving     moveStage // on its way to another process (handover.go)
+	fanout     uint64    // the broadcast being written to it, while it is (hub.go)
 
 	// Set at upgrade, under mu, before the registry publishes the
 	// connection; read-only after, except groups and apiHeader, which
@@ -130,9 +131,10 @@ type conn struct {
 	shed       atomic.Bool  // closed as a slow consumer (outgoing.go): OnClose's cause
 	// backlogSince is when outq last became positive (unix ns): a shed
 	// closes the oldest backlogs first.
-	backlogSince atomic.Int64
-	msgsIn       atomic.Uint64
-	msgsOut      atomic.Uint64
+	backlogSince  atomic.Int64
+	backlogFanout atomic.Uint64 // the broadcast whose write began it, 0 for another write (outgoing.go)
+	msgsIn        atomic.Uint64
+	msgsOut       atomic.Uint64
 }
 
 // accepted gives a new client connection its state (loop.Handler).

@@ -330,6 +330,7 @@ func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
 // deflated for those that negotiated compression (encoded by the first
 // of them to need it).
 type sharedFrame struct {
+	seq      uint64 // this fan-out's number: the backlogs it begins are as old as each other (shed)
 	op       ws.Opcode
 	data     []byte
 	plain    []byte
@@ -339,7 +340,7 @@ type sharedFrame struct {
 }
 
 func (s *Server) newShared(op ws.Opcode, data []byte) *sharedFrame {
-	return &sharedFrame{op: op, data: data,
+	return &sharedFrame{seq: s.fanouts.Add(1), op: op, data: data,
 		plain: ws.AppendFrame(make([]byte, 0, len(data)+ws.MaxHeaderLen), op, data, nil)}
 }
 
@@ -368,7 +369,10 @@ func (c *conn) sendFrame(frame *sharedFrame) bool {
 	if c.state != stOpen {
 		return false
 	}
-	if err := c.writeLocked(nil, frame.forConn(c)); err != nil {
+	c.fanout = frame.seq
+	err := c.writeLocked(nil, frame.forConn(c))
+	c.fanout = 0
+	if err != nil {
 		return false
 	}
 	c.msgsOut.Add(1)

@@ -76,6 +76,7 @@ func (c *conn) writeLocked(hdr, payload []byte) error {
 	if before == 0 && c.outq.Load() > 0 {
 		// A backlog begins: the kernel did not take all of this write.
 		c.backlogSince.Store(time.Now().UnixNano())
+		c.backlogFanout.Store(c.fanout)
 	}
 	return nil
 }
@@ -99,7 +100,7 @@ func (c *conn) retireOut() {
 }
 
 // shed closes the clients whose backlogs have waited longest (the largest
-// first among those begun within shedTie of each other) until the total,
+// first among those one broadcast began) until the total,
 // with need bytes more, is within three quarters of MaxOutgoingTotal. The
 // age decides first, not the size: a client that reads has emptied its
 // backlog since a client that stopped began to pile up, however large its
@@ -120,9 +121,10 @@ func (s *Server) shed(c *conn, need int64) bool {
 	}
 	target := limit - limit/4 - need
 	type backlog struct {
-		c     *conn
-		n     int64
-		since int64
+		c      *conn
+		n      int64
+		since  int64
+		fanout uint64
 	}
 	var backlogs []backlog
 	for i := range s.reg.shards {
@@ -130,25 +132,28 @@ func (s *Server) shed(c *conn, need int64) bool {
 		sh.mu.RLock()
 		for _, o := range sh.m {
 			if n := o.outq.Load(); n > 0 {
-				backlogs = append(backlogs, backlog{o, n, o.backlogSince.Load()})
+				backlogs = append(backlogs, backlog{o, n, o.backlogSince.Load(), o.backlogFanout.Load()})
 			}
 		}
 		sh.mu.RUnlock()
 	}
-	// Oldest first; backlogs begun within shedTie of each other (one
-	// fan-out's) are as old as each other, and the largest of them goes
-	// first: the kernel has taken more from a client that reads, even one
+	// Oldest first; the backlogs one broadcast's fan-out began are as old
+	// as its first, and the largest of them goes first: the kernel has
+	// taken more of the same bytes from a client that reads, even one
 	// whose process has not run since.
-	slices.SortFunc(backlogs, func(a, b backlog) int { return cmp.Compare(a.since, b.since) })
-	groupStart := int64(0)
-	for i := range backlogs {
-		if i == 0 || backlogs[i].since-groupStart > int64(shedTie) {
-			groupStart = backlogs[i].since
+	first := map[uint64]int64{}
+	for _, b := range backlogs {
+		if f, ok := first[b.fanout]; b.fanout != 0 && (!ok || b.since < f) {
+			first[b.fanout] = b.since
 		}
-		backlogs[i].since = groupStart
 	}
-	slices.SortStableFunc(backlogs, func(a, b backlog) int {
-		return cmp.Or(cmp.Compare(a.since, b.since), cmp.Compare(b.n, a.n))
+	for i := range backlogs {
+		if f, ok := first[backlogs[i].fanout]; ok {
+			backlogs[i].since = f
+		}
+	}
+	slices.SortFunc(backlogs, func(a, b backlog) int {
+		return cmp.Or(cmp.Compare(a.since, b.since), cmp.Compare(a.fanout, b.fanout), cmp.Compare(b.n, a.n))
 	})
 	closed := 0
 	for _, b := range backlogs {
@@ -166,9 +171,6 @@ func (s *Server) shed(c *conn, need int64) bool {
 	}
 	return c.outq.Load() >= 0
 }
-
-// shedTie: backlogs begun this close together count as equally old (shed).
-const shedTie = 50 * time.Millisecond
 
 // Outgoing returns the bytes waiting to be written to clients, beyond what
 // the kernel holds: what MaxOutgoingTotal bounds (ws2api_outgoing_bytes).

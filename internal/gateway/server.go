@@ -297,8 +297,9 @@ type Server struct {
 	origins     originList
 	trusted     []netip.Prefix // Options.TrustedProxies
 
-	outgoing atomic.Int64 // bytes waiting to be written to clients, for MaxOutgoingTotal (outgoing.go)
-	shedMu   sync.Mutex   // one shed at a time
+	outgoing atomic.Int64  // bytes waiting to be written to clients, for MaxOutgoingTotal (outgoing.go)
+	fanouts  atomic.Uint64 // broadcasts' fan-outs numbered so far (hub.go)
+	shedMu   sync.Mutex    // one shed at a time
 
 	// deletesDue counts the connections the API accepted whose DELETE it
 	// has not answered yet (open ones included): what a cut-short drain

@@ -12,14 +12,16 @@ import (
 // shed closes, from their backlogs alone. Backlogs begun in one broadcast's
 // fan-out are as old as each other, and the largest go first (the reader
 // written first in the broadcast that crossed the total was once shed
-// before clients that read nothing); across broadcasts the oldest go
-// first, however small.
+// before clients that read nothing); otherwise the oldest go first,
+// however small, even a few milliseconds older (a reader fallen behind
+// holds more than a client that stopped).
 func TestShedTakesTheOldestBacklogsAndTheLargestOfOneFanOut(t *testing.T) {
 	t0 := time.Now().UnixNano()
 	type client struct {
 		id       string
 		since    time.Duration // after t0
 		n        int64
+		fanout   uint64 // the broadcast that began it, 0 for a push
 		wantShed bool
 	}
 	for _, tc := range []struct {
@@ -27,16 +29,20 @@ func TestShedTakesTheOldestBacklogsAndTheLargestOfOneFanOut(t *testing.T) {
 		clients []client
 	}{
 		{"one fan-out", []client{
-			{"reader", 0, 100, false}, // written first; the kernel took most of it
-			{"stalled1", time.Millisecond, 300, true},
-			{"stalled2", 2 * time.Millisecond, 300, true},
-			{"stalled3", 3 * time.Millisecond, 300, false},
+			{"reader", 0, 100, 7, false}, // written first; the kernel took most of it
+			{"stalled1", time.Millisecond, 320, 7, true},
+			{"stalled2", 2 * time.Millisecond, 310, 7, true},
+			{"stalled3", 3 * time.Millisecond, 300, 7, false},
 		}},
 		{"two broadcasts", []client{
-			{"stalled", 0, 100, true},
-			{"reader", time.Second, 400, true},
-			{"other", time.Second + time.Millisecond, 300, false},
-			{"late", 2 * time.Second, 200, false},
+			{"stalled", 0, 100, 1, true},
+			{"reader", time.Second, 400, 2, true},
+			{"other", time.Second + time.Millisecond, 300, 2, false},
+			{"late", 2 * time.Second, 200, 3, false},
+		}},
+		{"pushes", []client{
+			{"old", 0, 400, 0, true},
+			{"behind", 5 * time.Millisecond, 600, 0, false}, // a reader fallen behind
 		}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -50,6 +56,7 @@ func TestShedTakesTheOldestBacklogsAndTheLargestOfOneFanOut(t *testing.T) {
 				c := &conn{s: s, sock: sock, id: cl.id}
 				c.outq.Store(cl.n)
 				c.backlogSince.Store(t0 + int64(cl.since))
+				c.backlogFanout.Store(cl.fanout)
 				s.reg.swap(c)
 				socks[cl.id] = sock
 				total += cl.n
