@@ -221,13 +221,13 @@ func grepLines(s, sub string) string {
 }
 
 // The same in a cluster: two nodes over Redis, the clients on the first,
-// which is upgraded while the second relays pushes to its clients all
-// along. Every push answered 200 arrives once, no client is closed, and
+// which is upgraded three times while the second relays pushes to its
+// clients all along. Every push answered 200 arrives once, no client is closed, and
 // after the upgrade the node has kept its name, so the presence records
 // written before it still lead to the clients.
 func TestUpgradeHandsOverInACluster(t *testing.T) {
 	t.Parallel()
-	const clients, count, interval = 200, 30, 100 * time.Millisecond
+	const clients, count, interval = 200, 50, 100 * time.Millisecond
 	kinds := apiKinds("")
 	api := startAPIServer(t, kinds[slices.IndexFunc(kinds, func(k apiKind) bool { return k.name == "node-http" })])
 	redis := startRedis(t, freeAddr(t))
@@ -301,16 +301,22 @@ func TestUpgradeHandsOverInACluster(t *testing.T) {
 	}
 	time.Sleep(5 * interval)
 	node := a.node
-	old := servingPids(a)[0]
-	install(t, v2, exe)
-	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
-		t.Fatal(err)
-	}
-	for deadline := time.Now().Add(30 * time.Second); !gone(old); {
-		if time.Now().After(deadline) {
-			t.Fatalf("the old process is still there 30s after SIGUSR2")
+	v1 := filepath.Join(dir, "ws2api-dev")
+	install(t, binary, v1)
+	for round, to := range []string{v2, v1, v2} { // a node's third process, two hand-offs of its name
+		pids := servingPids(a)
+		old := pids[len(pids)-1]
+		install(t, to, exe)
+		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+			t.Fatal(err)
 		}
-		time.Sleep(20 * time.Millisecond)
+		for deadline := time.Now().Add(30 * time.Second); !gone(old); {
+			if time.Now().After(deadline) {
+				t.Fatalf("upgrade %d: the old process is still there 30s after SIGUSR2", round+1)
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+		time.Sleep(3 * interval)
 	}
 	<-sending
 	close(stop)
