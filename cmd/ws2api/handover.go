@@ -243,8 +243,9 @@ func (l *link) do(r *rec, wait time.Duration) *opResult {
 }
 
 // opWait bounds a forwarded op beyond its own time: the new process may
-// hold it until its client has arrived.
-const opWait = 10 * time.Second
+// hold it until its client has arrived, a broadcast until all have. (A
+// new process that dies ends the wait at once: the link closes.)
+const opWait = gateway.ArrivalWait + 10*time.Second
 
 func (res *opResult) err() error {
 	switch {

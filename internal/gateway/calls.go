@@ -37,9 +37,6 @@ type callReply struct {
 // (hub.ErrNotACall otherwise). The answer is not forwarded to the API; one
 // that comes after the timeout is, as an ordinary message.
 func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration) (hub.Answer, error) {
-	if n := s.next(); n != nil {
-		return n.Call(id, binary, data, timeout)
-	}
 	s.awaitArrival(id)
 	key, err := CallKey(data)
 	if err != nil {
@@ -56,7 +53,7 @@ func (s *Server) Call(id string, binary bool, data []byte, timeout time.Duration
 	wake := make(chan callReply, 1)
 	c.mu.Lock()
 	switch {
-	case c.state != stOpen:
+	case c.state != stOpen || c.moving == detaching:
 		c.mu.Unlock()
 		if n := s.next(); n != nil {
 			return n.Call(id, binary, data, timeout)

@@ -377,7 +377,7 @@ func (c *conn) send(op ws.Opcode, data []byte, source string) error {
 }
 
 func (c *conn) writeDataLocked(op ws.Opcode, data []byte, source string) error {
-	if c.state != stOpen {
+	if c.state != stOpen || c.moving == detaching { // (detaching: what nbio would hold is not passed on)
 		return hub.ErrNotConnected
 	}
 	if err := c.writeFrameLocked(op, data); err != nil {

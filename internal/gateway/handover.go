@@ -441,7 +441,7 @@ func (s *Server) next() hub.Clients {
 // serves: until the old process has said which ids are coming (Expect), an
 // op on a client this process does not hold waits, and then, for an id
 // that is coming, until it has come; a broadcast waits until all have
-// (Arrived). Each wait is bounded by arrivalWait.
+// (Arrived). Each wait is bounded by ArrivalWait.
 func (s *Server) AwaitHandover() {
 	s.comingMu.Lock()
 	defer s.comingMu.Unlock()
@@ -450,10 +450,12 @@ func (s *Server) AwaitHandover() {
 	s.expecting.Store(true)
 }
 
-// arrivalWait bounds an op's wait for a connection coming from the old
-// process: longer than a hand-over takes (a second or two for tens of
-// thousands), short enough for a caller's timeout.
-const arrivalWait = 5 * time.Second
+// ArrivalWait bounds an op's wait for a connection coming from the old
+// process, and a broadcast's for all of them: longer than a hand-over
+// takes (1.4 s for 15,000 connections on two cores, some 20 s projected
+// for 250,000). Only a hand-over that stalls reaches it: one whose old
+// process dies ends every wait at once (Arrived).
+const ArrivalWait = time.Minute
 
 // Expect is the old process's list of the ids that are coming.
 func (s *Server) Expect(ids []string) {
@@ -503,7 +505,7 @@ func (s *Server) awaitArrival(id string) {
 	if !s.expecting.Load() {
 		return
 	}
-	timeout := time.After(arrivalWait)
+	timeout := time.After(ArrivalWait)
 	s.comingMu.Lock()
 	announced := s.announced
 	s.comingMu.Unlock()
@@ -535,7 +537,7 @@ func (s *Server) awaitAll() {
 	if ch != nil {
 		select {
 		case <-ch:
-		case <-time.After(arrivalWait):
+		case <-time.After(ArrivalWait):
 		}
 	}
 }
