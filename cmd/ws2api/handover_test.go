@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"net/http"
 	"path/filepath"
@@ -83,6 +84,37 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 		})
 	}
 
+	// And a broadcast every 100 ms: one answered 200 must say it reached
+	// every client, and reach each once.
+	var broadcasts []string
+	var bcastMu sync.Mutex
+	pushers.Go(func() {
+		hc := &http.Client{Timeout: 90 * time.Second}
+		for k := 0; ; k++ {
+			select {
+			case <-stopPush:
+				return
+			case <-time.After(100 * time.Millisecond):
+			}
+			body := fmt.Sprintf("bcast-%d", k)
+			resp, err := hc.Post(p.control+"/", "text/plain", strings.NewReader(body))
+			if err != nil {
+				continue // (as for pushes)
+			}
+			var a struct{ Delivered int }
+			err = json.NewDecoder(resp.Body).Decode(&a)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK || err != nil || a.Delivered != clients {
+				pushFailed.Add(1)
+				pushErr.Store(fmt.Sprintf("broadcast %d: %d, delivered %d (%v)", k, resp.StatusCode, a.Delivered, err))
+				continue
+			}
+			bcastMu.Lock()
+			broadcasts = append(broadcasts, body)
+			bcastMu.Unlock()
+		}
+	})
+
 	takenOver := regexp.MustCompile(`(?m)^ws2api_upgrade_connections_total\{outcome="taken_over"\} (\S+)$`)
 	upgrade := func(to, want string) {
 		t.Helper()
@@ -119,7 +151,7 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	// Every message answered, every push that was answered 200 arrived.
 	deadline := time.Now().Add(60 * time.Second)
 	var replies map[string][]string
-	missingPushes := 0
+	missingPushes, missingBroadcasts := 0, 0
 	for {
 		replies = waitChatter(ch, 0, 0)
 		got := map[string]int{}
@@ -145,15 +177,28 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 		if extraPushes > 0 {
 			t.Fatalf("%d pushes reached their client more than once", extraPushes)
 		}
+		bcastMu.Lock()
+		missingBroadcasts = 0
+		for _, b := range broadcasts {
+			for id, rs := range replies {
+				switch n := countOf(rs, b); {
+				case n > 1:
+					t.Fatalf("%s got %s %d times", id, b, n)
+				case n == 0:
+					missingBroadcasts++
+				}
+			}
+		}
+		bcastMu.Unlock()
 		answered := 0
 		for _, rs := range replies {
 			for _, r := range rs {
-				if !strings.HasPrefix(r, "push-") {
+				if !strings.HasPrefix(r, "push-") && !strings.HasPrefix(r, "bcast-") {
 					answered++
 				}
 			}
 		}
-		if missingPushes == 0 && answered >= clients*count {
+		if missingPushes == 0 && missingBroadcasts == 0 && answered >= clients*count {
 			break
 		}
 		if time.Now().After(deadline) {
@@ -164,7 +209,7 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	onlyReplies := map[string][]string{}
 	for id, rs := range replies {
 		for _, r := range rs {
-			if !strings.HasPrefix(r, "push-") {
+			if !strings.HasPrefix(r, "push-") && !strings.HasPrefix(r, "bcast-") {
 				onlyReplies[id] = append(onlyReplies[id], r)
 			}
 		}
@@ -187,8 +232,11 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	}
 	npushed := 0
 	pushed.Range(func(_, _ any) bool { npushed++; return true })
-	t.Logf("%d clients x %d messages across two upgrades: %v; %v; GETs %d, DELETEs %d; pushes answered 200: %d, missing %d, failed %d",
-		clients, count, lt, rt, gets, deletes, npushed, missingPushes, pushFailed.Load())
+	bcastMu.Lock()
+	nbcast := len(broadcasts)
+	bcastMu.Unlock()
+	t.Logf("%d clients x %d messages across two upgrades: %v; %v; GETs %d, DELETEs %d; pushes answered 200: %d, missing %d; broadcasts answered 200: %d, deliveries missing %d; failed %d",
+		clients, count, lt, rt, gets, deletes, npushed, missingPushes, nbcast, missingBroadcasts, pushFailed.Load())
 	ch.mu.Lock()
 	dropped := slices.Clone(ch.dropped)
 	ch.mu.Unlock()
@@ -201,12 +249,23 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	if gets != clients || deletes != 0 {
 		t.Errorf("the API saw %d connect GETs and %d DELETEs, want %d and 0", gets, deletes, clients)
 	}
-	if missingPushes > 0 || pushFailed.Load() > 0 {
-		t.Errorf("pushes: %d answered 200 never arrived, %d failed (%v)", missingPushes, pushFailed.Load(), pushErr.Load())
+	if missingPushes > 0 || missingBroadcasts > 0 || pushFailed.Load() > 0 {
+		t.Errorf("pushes: %d answered 200 never arrived; broadcasts: %d deliveries missing; %d failed (%v)", missingPushes, missingBroadcasts, pushFailed.Load(), pushErr.Load())
 	}
-	if npushed == 0 {
-		t.Error("no push was answered 200")
+	if npushed == 0 || nbcast == 0 {
+		t.Errorf("pushes answered 200: %d, broadcasts: %d", npushed, nbcast)
 	}
+}
+
+// countOf returns how many of list are s.
+func countOf(list []string, s string) int {
+	n := 0
+	for _, v := range list {
+		if v == s {
+			n++
+		}
+	}
+	return n
 }
 
 // grepLines returns the lines of s that contain sub.

@@ -17,8 +17,9 @@ import (
 // a binary upgrade passes it between two (cmd/ws2api's tests do that
 // through the binary): the new one carries on a fragmented message and a
 // frame half-sent before the hand-over, answers through the same socket,
-// serves a push sent to the old one, and the API sees one connect GET, no
-// DELETE until the client leaves, and a key of its own for each message.
+// serves a push and a kick sent to the old one, and the API sees one
+// connect GET, no DELETE until the kick, and a key of its own for each
+// message.
 func TestHandOverCarriesAConnectionOnWhereItWas(t *testing.T) {
 	api := testkit.NewAPI(t)
 	from := newHarness(t, api, harnessOpts{})
@@ -100,9 +101,16 @@ func TestHandOverCarriesAConnectionOnWhereItWas(t *testing.T) {
 	if len(keys) != 3 || len(connIDs) != 1 {
 		t.Fatalf("keys %v, connection ids %v: want three keys, one connection", keys, connIDs)
 	}
-	r.WriteFrame(t, 0x88, ws.AppendClose(nil, 1000, "bye"))
+	// A kick through the old gateway closes it from the new one.
+	if status, body := from.ctl("DELETE", "/mover?code=4001&reason=moved+on", "", ""); status != 200 {
+		t.Fatalf("kick through the old gateway: %d %s", status, body)
+	}
+	if code, reason := r.ReadClose(t, wait); code != 4001 || reason != "moved on" {
+		t.Fatalf("closed with %d %q", code, reason)
+	}
+	r.WriteFrame(t, 0x88, ws.AppendClose(nil, 4001, "")) // the handshake's end
 	del := api.WaitDelete("mover", wait)
-	if del.Header.Get("X-Ws2api-Close-Code") != "1000" || !connIDs[del.ConnID()] {
+	if del.Header.Get("X-Ws2api-Close-Code") != "4001" || !connIDs[del.ConnID()] {
 		t.Fatalf("DELETE %v", del)
 	}
 }
