@@ -19,6 +19,8 @@
 //	hub.go       push, info, kick, broadcast (what the control API calls)
 //	keepalive.go pings for silent clients, closes for dead and idle ones;
 //	             the message rate, which paces a client's POSTs
+//	handover.go  a binary upgrade: connections passed to the new process
+//	             with their state, and taken over there
 //
 // Event-loop callbacks never block: requests to the API are handed to an
 // [upstream.Client] and answered on its goroutines.
