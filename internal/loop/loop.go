@@ -9,7 +9,8 @@
 // know that every poller runs before it returns (nbio loses a Stop that
 // comes earlier). nbio has no way to run a task on a chosen poller: Later
 // rides on one socket per poller, placed by nbio's placement rule (see
-// [trigger]).
+// [trigger]). [Loop.Detach] takes a socket off the loop without closing it,
+// for a binary upgrade that passes it to another process (detach.go).
 package loop
 
 import (
