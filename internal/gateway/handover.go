@@ -280,6 +280,14 @@ func (s *Server) Resume(ln net.Listener) error {
 	return s.Serve(ln)
 }
 
+// leaving reports whether c is on its way to the next process, or gone
+// there: an op on it goes after it.
+func (c *conn) leaving() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.moving == detaching || c.state == stMoved
+}
+
 // stay keeps c here: the hand-over stopped before it was on its way.
 func (c *conn) stay() {
 	c.mu.Lock()

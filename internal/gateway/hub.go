@@ -297,10 +297,19 @@ func (s *Server) fanOut(conns []*conn, binary bool, data []byte) int {
 	}
 	wg.Wait()
 	var n int64
+	var away []string
 	for j, c := range conns {
-		if written[j] && c.outq.Load() >= 0 { // not retired since: shed, or closed
+		switch {
+		case written[j] && c.outq.Load() >= 0: // not retired since: shed, or closed
 			n++
+		case !written[j] && s.next() != nil && c.leaving():
+			away = append(away, c.id)
 		}
+	}
+	if next := s.next(); len(away) > 0 && next != nil {
+		// A hand-over began during the fan-out: those already on their
+		// way get it from the next process (handover.go).
+		n += int64(len(away) - len(next.PushMany(away, binary, data)))
 	}
 	s.m.MessagesOut[metrics.SourceBroadcast].AddInt64(n)
 	s.m.BytesOut.AddInt64(n * int64(len(data)))
