@@ -272,6 +272,17 @@ func controlOptions(cfg *config, hub control.Hub, bus *cluster.Bus, log *slog.Lo
 func (n *node) run(ctx context.Context) error {
 	cfg, log := n.cfg, n.log
 	n.served = true
+	// SIGHUP reloads what can change without dropping a connection: the
+	// API backends listed in -api-file, the TLS certificate. SIGUSR2
+	// upgrades to the binary on disk (upgrade.go). Both are caught before
+	// "ws2api serving" is logged: uncaught, either ends the process, and a
+	// signal sent as soon as that line appears once did.
+	hup := make(chan os.Signal, 1)
+	signal.Notify(hup, syscall.SIGHUP)
+	defer signal.Stop(hup)
+	usr2 := make(chan os.Signal, 1)
+	signal.Notify(usr2, syscall.SIGUSR2)
+	defer signal.Stop(usr2)
 	ctlDone := make(chan error, 1)
 	go func() { ctlDone <- n.ctl.Serve(n.controlLn) }()
 	gwDone := make(chan error, 1)
@@ -306,15 +317,6 @@ func (n *node) run(ctx context.Context) error {
 			"control", n.controlLn.Addr().String())
 	}
 
-	// SIGHUP reloads what can change without dropping a connection: the
-	// API backends listed in -api-file, the TLS certificate. SIGUSR2
-	// upgrades to the binary on disk (upgrade.go).
-	hup := make(chan os.Signal, 1)
-	signal.Notify(hup, syscall.SIGHUP)
-	defer signal.Stop(hup)
-	usr2 := make(chan os.Signal, 1)
-	signal.Notify(usr2, syscall.SIGUSR2)
-	defer signal.Stop(usr2)
 
 	var runErr error
 wait:

@@ -583,3 +583,20 @@ func TestSIGHUPReloadsTheAPIBackends(t *testing.T) {
 		t.Fatalf("reply %q", got)
 	}
 }
+
+// A SIGHUP sent the moment "ws2api serving" is logged is caught, not the
+// end of the process (uncaught, SIGHUP terminates it: the handlers were
+// once installed after that line, and a reload sent under load killed the
+// gateway; SIGUSR2's handler is installed with it).
+func TestSIGHUPSentAsItStartsServingIsCaught(t *testing.T) {
+	t.Parallel()
+	api := testkit.NewAPI(t)
+	for i := range 10 {
+		gw := start(t, nil, "-api", api.URL())
+		_ = gw.cmd.Process.Signal(syscall.SIGHUP)
+		waitLog(t, gw, "SIGHUP: nothing to reload")
+		if code := gw.stop(syscall.SIGTERM, 10*time.Second); code != 0 {
+			t.Fatalf("round %d: exit %d after SIGTERM (-1: a signal ended it)\n%s", i, code, gw.logs())
+		}
+	}
+}
