@@ -317,7 +317,6 @@ func (n *node) run(ctx context.Context) error {
 			"control", n.controlLn.Addr().String())
 	}
 
-
 	var runErr error
 wait:
 	for {
