@@ -48,42 +48,13 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	go func() { ch.send(count, interval); close(sending) }()
 
 	// Pushes, one every few milliseconds, over keep-alive connections of
-	// their own: a push answered 200 must arrive.
-	var pushed sync.Map // "push-<n>" -> client id
-	var pushFailed atomic.Int64
-	var pushErr atomic.Value
+	// their own: a push answered 200 must arrive. (A connection error is
+	// not a failure here: the old process closed a keep-alive connection
+	// as it exited, and the POST may not have been read.)
 	stopPush := make(chan struct{})
 	var pushers sync.WaitGroup
-	var seq atomic.Int64
-	for range 4 {
-		pushers.Go(func() {
-			hc := &http.Client{Timeout: 15 * time.Second}
-			for {
-				select {
-				case <-stopPush:
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-				n := seq.Add(1)
-				id := fmt.Sprintf("c%d", n%clients)
-				body := fmt.Sprintf("push-%d", n)
-				resp, err := hc.Post(p.control+"/"+id, "text/plain", strings.NewReader(body))
-				if err != nil {
-					// The old process closed a keep-alive connection as
-					// it exited: the POST may not have been read.
-					continue
-				}
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					pushFailed.Add(1)
-					pushErr.Store(fmt.Sprintf("push to %s: %d", id, resp.StatusCode))
-					continue
-				}
-				pushed.Store(body, id)
-			}
-		})
-	}
-
+	pu := pushRandomly(p.control, clients, false, stopPush, &pushers)
+	pushed, pushFailed, pushErr := &pu.pushed, &pu.failed, &pu.failure
 	// And a broadcast every 100 ms: one answered 200 must say it reached
 	// every client, and reach each once.
 	var broadcasts []string
@@ -118,19 +89,7 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	takenOver := regexp.MustCompile(`(?m)^ws2api_upgrade_connections_total\{outcome="taken_over"\} (\S+)$`)
 	upgrade := func(to, want string) {
 		t.Helper()
-		pids := servingPids(p)
-		old := pids[len(pids)-1]
-		install(t, to, exe)
-		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(30 * time.Second)
-		for !gone(old) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the old process %d is still there 30s after SIGUSR2", old)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		upgradeOnce(t, p, exe, to)
 		cur := &proc{t: t, control: p.control}
 		_, body := get(t, p.control+"/metrics")
 		if !strings.Contains(body, `ws2api_build_info{version="`+want+`"`) {
@@ -257,6 +216,53 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	}
 }
 
+// pushes is what pushRandomly did: the bodies answered 200 (each to its
+// client id), and the failures.
+type pushes struct {
+	pushed  sync.Map // "push-<n>" -> client id
+	failed  atomic.Int64
+	failure atomic.Value // the last, as text
+}
+
+// pushRandomly has four goroutines push "push-<n>" to client c<n mod
+// clients> through control, one every 5 ms each, until stop; a connection
+// error counts as a failure if errorsFail.
+func pushRandomly(control string, clients int, errorsFail bool, stop <-chan struct{}, wg *sync.WaitGroup) *pushes {
+	pu := &pushes{}
+	var seq atomic.Int64
+	for range 4 {
+		wg.Go(func() {
+			hc := &http.Client{Timeout: 15 * time.Second}
+			for {
+				select {
+				case <-stop:
+					return
+				case <-time.After(5 * time.Millisecond):
+				}
+				n := seq.Add(1)
+				id := fmt.Sprintf("c%d", n%int64(clients))
+				body := fmt.Sprintf("push-%d", n)
+				resp, err := hc.Post(control+"/"+id, "text/plain", strings.NewReader(body))
+				if err != nil {
+					if errorsFail {
+						pu.failed.Add(1)
+						pu.failure.Store(err.Error())
+					}
+					continue
+				}
+				resp.Body.Close()
+				if resp.StatusCode != http.StatusOK {
+					pu.failed.Add(1)
+					pu.failure.Store(fmt.Sprintf("push to %s: %d", id, resp.StatusCode))
+					continue
+				}
+				pu.pushed.Store(body, id)
+			}
+		})
+	}
+	return pu
+}
+
 // countOf returns how many of list are s.
 func countOf(list []string, s string) int {
 	n := 0
@@ -324,57 +330,16 @@ func TestUpgradeHandsOverInACluster(t *testing.T) {
 	sending := make(chan struct{})
 	go func() { ch.send(count, interval); close(sending) }()
 
-	var pushed sync.Map
-	var failed atomic.Int64
-	var failure atomic.Value
 	stop := make(chan struct{})
 	var pushers sync.WaitGroup
-	var seq atomic.Int64
-	for range 4 {
-		pushers.Go(func() {
-			hc := &http.Client{Timeout: 15 * time.Second}
-			for {
-				select {
-				case <-stop:
-					return
-				case <-time.After(5 * time.Millisecond):
-				}
-				n := seq.Add(1)
-				id := fmt.Sprintf("c%d", n%clients)
-				body := fmt.Sprintf("push-%d", n)
-				resp, err := hc.Post(b.control+"/"+id, "text/plain", strings.NewReader(body))
-				if err != nil {
-					failed.Add(1)
-					failure.Store(err.Error())
-					continue
-				}
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					failed.Add(1)
-					failure.Store(fmt.Sprintf("relayed push to %s: %d", id, resp.StatusCode))
-					continue
-				}
-				pushed.Store(body, id)
-			}
-		})
-	}
+	pu := pushRandomly(b.control, clients, true, stop, &pushers)
+	pushed, failed, failure := &pu.pushed, &pu.failed, &pu.failure
 	time.Sleep(5 * interval)
 	node := a.node
 	v1 := filepath.Join(dir, "ws2api-dev")
 	install(t, binary, v1)
-	for round, to := range []string{v2, v1, v2} { // a node's third process, two hand-offs of its name
-		pids := servingPids(a)
-		old := pids[len(pids)-1]
-		install(t, to, exe)
-		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
-			t.Fatal(err)
-		}
-		for deadline := time.Now().Add(30 * time.Second); !gone(old); {
-			if time.Now().After(deadline) {
-				t.Fatalf("upgrade %d: the old process is still there 30s after SIGUSR2", round+1)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+	for _, to := range []string{v2, v1, v2} { // a node's fourth process: three hand-offs of its name
+		upgradeOnce(t, a, exe, to)
 		time.Sleep(3 * interval)
 	}
 	<-sending

@@ -73,6 +73,25 @@ func gone(pid int) bool {
 	return len(f) > 0 && (f[0] == "Z" || f[0] == "X")
 }
 
+// upgradeOnce installs to at exe and sends SIGUSR2 to the process of p's
+// line that serves now, and waits until that process is gone.
+func upgradeOnce(t *testing.T, p *proc, exe, to string) {
+	t.Helper()
+	pids := servingPids(p)
+	old := pids[len(pids)-1]
+	install(t, to, exe)
+	if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(30 * time.Second)
+	for !gone(old) {
+		if time.Now().After(deadline) {
+			t.Fatalf("the old process %d is still there 30s after SIGUSR2", old)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
+
 // servingPids lists, in order, the pids that logged "ws2api serving" on
 // p's output (p's own, then those its upgrades started).
 func servingPids(p *proc) []int {
@@ -217,19 +236,7 @@ func TestUpgradeWithUSR2RefusesNoConnection(t *testing.T) {
 	}
 	upgrade := func(to, want string) {
 		t.Helper()
-		pids := servingPids(p)
-		old := pids[len(pids)-1]
-		install(t, to, exe)
-		if err := syscall.Kill(old, syscall.SIGUSR2); err != nil {
-			t.Fatal(err)
-		}
-		deadline := time.Now().Add(20 * time.Second)
-		for !gone(old) {
-			if time.Now().After(deadline) {
-				t.Fatalf("the old process %d is still there 20s after SIGUSR2", old)
-			}
-			time.Sleep(20 * time.Millisecond)
-		}
+		upgradeOnce(t, p, exe, to)
 		if got := version(); got != want {
 			t.Fatalf("after the upgrade ws2api_build_info says version %q, want %q", got, want)
 		}

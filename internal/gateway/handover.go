@@ -103,15 +103,7 @@ const HandoverWait = time.Second
 // Resume serves a listener again.
 func (s *Server) HandOver(ctx context.Context, succ hub.Clients, announce func(ids []string) error,
 	send func(ms []*Moving, fds []int) error) (moved, closed int, err error) {
-	s.restarting.Store(true)
-	s.mu.Lock()
-	s.draining.Store(true)
-	ln := s.ln
-	s.mu.Unlock()
-	if ln != nil {
-		ln.Close()
-	}
-	s.accept.Wait()
+	s.stopAccepting(true)
 	s.successor.Store(&succ)
 
 	var queued []*conn

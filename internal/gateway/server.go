@@ -451,15 +451,7 @@ func (s *Server) drainClose() closeInfo {
 func (s *Server) Restart(ctx context.Context) error { return s.shutdown(ctx, closeRestart) }
 
 func (s *Server) shutdown(ctx context.Context, why closeInfo) error {
-	s.restarting.Store(why == closeRestart)
-	s.mu.Lock()
-	s.draining.Store(true)
-	ln := s.ln
-	s.mu.Unlock()
-	if ln != nil {
-		ln.Close()
-	}
-	s.accept.Wait()
+	s.stopAccepting(why == closeRestart)
 
 	for _, c := range s.reg.all() {
 		c.closeWith(why)
@@ -472,6 +464,20 @@ func (s *Server) shutdown(ctx context.Context, why closeInfo) error {
 		s.stop.Do(s.loop.Stop)
 	}
 	return err
+}
+
+// stopAccepting closes the listener and waits for its accept loop: the
+// drain (of a shutdown, or of a binary upgrade when restart) begins.
+func (s *Server) stopAccepting(restart bool) {
+	s.restarting.Store(restart)
+	s.mu.Lock()
+	s.draining.Store(true)
+	ln := s.ln
+	s.mu.Unlock()
+	if ln != nil {
+		ln.Close()
+	}
+	s.accept.Wait()
 }
 
 // waitIdle waits until no client is connected and no request to the API is
