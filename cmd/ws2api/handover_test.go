@@ -165,21 +165,7 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	onlyReplies := map[string][]string{}
-	for id, rs := range replies {
-		for _, r := range rs {
-			if !strings.HasPrefix(r, "push-") && !strings.HasPrefix(r, "bcast-") {
-				onlyReplies[id] = append(onlyReplies[id], r)
-			}
-		}
-	}
-	sent := map[string][]string{}
-	for i := range clients {
-		sent[fmt.Sprintf("c%d", i)] = numbers(count)
-	}
-	log := api.deliveries(t)
-	lt := tallyLog(log, sent)
-	rt := tallyReplies(onlyReplies, sent, func(m string) []string { return []string{m} })
+	log, lt, rt := tallyNumbered(t, api, replies, clients, count, "push-", "bcast-")
 	gets, deletes := 0, 0
 	for _, d := range log {
 		switch {
@@ -214,6 +200,27 @@ func TestUpgradeHandsEveryConnectionOver(t *testing.T) {
 	if npushed == 0 || nbcast == 0 {
 		t.Errorf("pushes answered 200: %d, broadcasts: %d", npushed, nbcast)
 	}
+}
+
+// tallyNumbered holds what the API logged and what clients c0... got
+// against what chat's send sent (count numbered messages each), leaving
+// out the replies that begin with one of skip (pushes, broadcasts).
+func tallyNumbered(t *testing.T, api *apiServer, replies map[string][]string, clients, count int, skip ...string) ([]delivery, logTally, replyTally) {
+	t.Helper()
+	only := map[string][]string{}
+	for id, rs := range replies {
+		for _, r := range rs {
+			if !slices.ContainsFunc(skip, func(p string) bool { return strings.HasPrefix(r, p) }) {
+				only[id] = append(only[id], r)
+			}
+		}
+	}
+	sent := map[string][]string{}
+	for i := range clients {
+		sent[fmt.Sprintf("c%d", i)] = numbers(count)
+	}
+	log := api.deliveries(t)
+	return log, tallyLog(log, sent), tallyReplies(only, sent, func(m string) []string { return []string{m} })
 }
 
 // pushes is what pushRandomly did: the bodies answered 200 (each to its
@@ -383,21 +390,7 @@ func TestUpgradeHandsOverInACluster(t *testing.T) {
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
-	onlyReplies := map[string][]string{}
-	for id, rs := range replies {
-		for _, r := range rs {
-			if !strings.HasPrefix(r, "push-") && !strings.HasPrefix(r, "hello-") {
-				onlyReplies[id] = append(onlyReplies[id], r)
-			}
-		}
-	}
-	sent := map[string][]string{}
-	for i := range clients {
-		sent[fmt.Sprintf("c%d", i)] = numbers(count)
-	}
-	log := api.deliveries(t)
-	lt := tallyLog(log, sent)
-	rt := tallyReplies(onlyReplies, sent, func(m string) []string { return []string{m} })
+	log, lt, rt := tallyNumbered(t, api, replies, clients, count, "push-", "hello-")
 	deletes := 0
 	for _, d := range log {
 		if d.method == "DELETE" {
