@@ -20,8 +20,9 @@ import (
 // process, with its state, so that neither the client nor the API sees it
 // end (cmd/ws2api/upgrade.go carries the bytes between the processes):
 //
-//	old  HandOver: stops accepting; ops on clients go to the new process
-//	     (Successor); says which ids are coming (announce)
+//	old  HandOver: stops accepting; an op on a client that has left, and
+//	     every broadcast, goes to the new process (succ); says which ids
+//	     are coming (announce)
 //	old  each connection, moving: its messages are still read, but queue
 //	     for the new process; the request in flight is let finish, within
 //	     the wait; pings go unanswered; once nothing is in flight and its
@@ -93,7 +94,8 @@ const (
 const HandoverWait = time.Second
 
 // HandOver passes this process's open plain connections on (see the top
-// of this file): succ serves every op on clients from now on, announce
+// of this file): succ serves the ops on clients that have left this
+// process, and every broadcast, from now on; announce
 // gets the ids that will come, send connections' states and their
 // sockets' descriptors (valid during the call), a few hundred at a time,
 // where a Moving with Gone set (and fd -1) is one not coming after all. It
